@@ -1,0 +1,3 @@
+from rolegate.server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Rolegate's errors: one shallow tree, every leaf carrying a stable code.
+
+    RolegateError                 code + a sentence a person can act on
+    ├── PolicyError               the policy file cannot be used
+    │   ├── PolicyLoadError       unreadable, unparsable, unknown format   (POLICY_LOAD)
+    │   └── PolicyInvalidError    schema or cross-reference problems, all
+    │                             of them at once in ``.problems``         (POLICY_INVALID)
+    ├── RequestError              the caller's request is wrong: UNKNOWN_ROLE, UNKNOWN_JOB,
+    │                             UNKNOWN_CHANNEL, INVALID_ARGUMENT, ...
+    ├── RefusedError              the policy refuses the call (OVER_BUDGET, LOCAL_ONLY_VIOLATION,
+    │                             NOT_ALLOWLISTED, BUDGET_EXHAUSTED, NEEDS_CONSENT, ...)
+    ├── ProviderError             the model server failed: PROVIDER_UNAVAILABLE,
+    │                             PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE
+    └── LedgerError               the budget ledger cannot be used (BUDGET_UNAVAILABLE)
+
+The MCP tool layer is the one place that turns these into tool errors
+(``CODE: sentence``); nothing else catches broadly.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Stable codes. Clients may switch on them; never rename one."""
+
+    ROUTED = "ROUTED"
+    SCRIPT_ONLY = "SCRIPT_ONLY"
+    OVER_BUDGET = "OVER_BUDGET"
+    NO_POLICY = "NO_POLICY"
+    NO_SUFFICIENT_MODEL = "NO_SUFFICIENT_MODEL"
+    LOCAL_ONLY_VIOLATION = "LOCAL_ONLY_VIOLATION"
+    NOT_ALLOWLISTED = "NOT_ALLOWLISTED"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    BUDGET_UNAVAILABLE = "BUDGET_UNAVAILABLE"
+    STREAMING_FORBIDDEN = "STREAMING_FORBIDDEN"
+    CLOUD_JUDGE_REQUIRED = "CLOUD_JUDGE_REQUIRED"
+    NEEDS_CONSENT = "NEEDS_CONSENT"
+    CONSENSUS_FORBIDDEN = "CONSENSUS_FORBIDDEN"
+    UNKNOWN_ROLE = "UNKNOWN_ROLE"
+    UNKNOWN_JOB = "UNKNOWN_JOB"
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
+    UNKNOWN_CHANNEL = "UNKNOWN_CHANNEL"
+    UNKNOWN_DECISION = "UNKNOWN_DECISION"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    POLICY_LOAD = "POLICY_LOAD"
+    POLICY_INVALID = "POLICY_INVALID"
+    PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    PROVIDER_ERROR = "PROVIDER_ERROR"
+    BAD_RESPONSE = "BAD_RESPONSE"
+    CONTRACT_VIOLATION = "CONTRACT_VIOLATION"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class RolegateError(Exception):
+    """Base of every error rolegate raises on purpose."""
+
+    default_code: Code = Code.INTERNAL_ERROR
+
+    def __init__(self, message: str, *, code: Code | None = None) -> None:
+        super().__init__(message)
+        self.code: Code = code or self.default_code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class PolicyError(RolegateError):
+    """The policy file cannot be used."""
+
+    default_code = Code.POLICY_INVALID
+
+
+class PolicyLoadError(PolicyError):
+    """The file is missing, unreadable, or not valid YAML/JSON/TOML."""
+
+    default_code = Code.POLICY_LOAD
+
+
+class PolicyProblem:
+    """One problem found in a policy: where it is and what is wrong."""
+
+    __slots__ = ("location", "message", "severity")
+
+    def __init__(self, location: str, message: str, severity: str = "error") -> None:
+        self.location = location
+        self.message = message
+        self.severity = severity
+
+    def render(self, source: str) -> str:
+        return f"{source}: {self.location}: {self.severity}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"PolicyProblem({self.location!r}, {self.message!r}, {self.severity!r})"
+
+
+class PolicyInvalidError(PolicyError):
+    """Schema or cross-reference errors; ``problems`` lists every one of them."""
+
+    default_code = Code.POLICY_INVALID
+
+    def __init__(self, source: str, problems: list[PolicyProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(p.render(source) for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+class RequestError(RolegateError):
+    """The caller asked for something that does not exist or is malformed."""
+
+    default_code = Code.INVALID_ARGUMENT
+
+
+class RefusedError(RolegateError):
+    """The policy refuses the call; the code says which rule."""
+
+    default_code = Code.NO_POLICY
+
+
+class ProviderError(RolegateError):
+    """A model server failed or answered nonsense."""
+
+    default_code = Code.PROVIDER_ERROR
+
+
+class LedgerError(RolegateError):
+    """The budget ledger cannot be read or written; admission fails closed."""
+
+    default_code = Code.BUDGET_UNAVAILABLE

@@ -1,0 +1,1 @@
+"""Providers and roles as pluggy plugins."""

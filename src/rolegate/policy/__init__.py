@@ -1,0 +1,22 @@
+"""The policy: schema, loading, hashing, routing. Pure: no network, no MCP."""
+
+from rolegate.policy.compiled import Policy, canonical_json
+from rolegate.policy.decision import BudgetSnapshot, Decision, RouteRequest, ScopeUsage
+from rolegate.policy.loader import load_default_policy, load_policy, load_policy_text
+from rolegate.policy.router import classify, route
+from rolegate.policy.schema import PolicyDocument
+
+__all__ = [
+    "BudgetSnapshot",
+    "Decision",
+    "Policy",
+    "PolicyDocument",
+    "RouteRequest",
+    "ScopeUsage",
+    "canonical_json",
+    "classify",
+    "load_default_policy",
+    "load_policy",
+    "load_policy_text",
+    "route",
+]

@@ -1,0 +1,102 @@
+"""The router's input and output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Risk = Literal["low", "normal", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What the caller wants routed. Only ``task`` is required."""
+
+    task: str
+    job: str | None = None
+    role: str | None = None
+    channel: str | None = None
+    context_tokens: int | None = None
+    input_tokens: int | None = None
+    needs: tuple[str, ...] = ()
+    local_only: bool = False
+    risk: Risk | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeUsage:
+    """What a budget line has used in its current window (ledger snapshot)."""
+
+    spent_micro: int = 0
+    reserved_micro: int = 0
+    spent_tokens: int = 0
+    reserved_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSnapshot:
+    """Usage per budget line id; a line with no entry has used nothing."""
+
+    usage: dict[str, ScopeUsage] = field(default_factory=dict)
+
+    def get(self, line_id: str) -> ScopeUsage:
+        return self.usage.get(line_id, _EMPTY)
+
+
+_EMPTY = ScopeUsage()
+
+
+class PolicyRef(BaseModel):
+    name: str
+    revision: str
+    hash: str
+
+
+class TokenCount(BaseModel):
+    input_tokens: int = Field(description="Input tokens the decision was made on.")
+    method: str = Field(description="How they were counted: 'exact', or the estimate used.")
+    task_tokens: int
+    context_tokens: int
+    max_input_tokens: int | None = Field(description="context_window - reserve_tokens.")
+    context_window: int | None
+    reserve_tokens: int | None
+
+
+class Rejection(BaseModel):
+    model: str
+    code: str
+    reason: str
+
+
+class Decision(BaseModel):
+    """A routing decision: route to one model, refuse with a code, or script-only."""
+
+    outcome: Literal["route", "refuse", "script_only"]
+    code: str
+    message: str
+    policy: PolicyRef
+    intent: str | None = None
+    required_capabilities: list[str] = Field(default_factory=list)
+    job: str | None = None
+    role: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    provider_model: str | None = Field(default=None, description="The provider's model name.")
+    locality: str | None = None
+    premium: bool = False
+    local_only: bool = False
+    tokens: TokenCount | None = None
+    max_output_tokens: int | None = None
+    worst_case_cost_micro: int | None = Field(
+        default=None, description="Input plus max output at the model's prices, micro-USD."
+    )
+    streaming: bool | None = None
+    judge_required: str | None = None
+    fallback: list[str] = Field(default_factory=list, description="Declared fallback chain.")
+    fallback_mode: str | None = None
+    remedies: list[str] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    rejected: list[Rejection] = Field(default_factory=list)

@@ -1,0 +1,313 @@
+"""The policy file format (version 1), as pydantic models.
+
+Every model forbids unknown keys so that a typo is an error, not a silently
+ignored rule. Cross-references between sections are checked in ``checks``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+
+
+def _decimal_text(value: Decimal) -> str:
+    # 1, 1.0 and 1.00 are the same price; the policy hash must not see a difference.
+    text = format(value.normalize(), "f")
+    return text
+
+
+Money = Annotated[Decimal, Field(ge=0), PlainSerializer(_decimal_text, return_type=str)]
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$", max_length=128)]
+Locality = Literal["local", "cloud"]
+Signal = Literal[
+    "confidence",
+    "failed_loops",
+    "context_estimate",
+    "contradictions",
+    "tool_heavy",
+    "full_sweep",
+    "high_risk",
+    "user_request",
+    "self_check_confidence",
+    "scope_large",
+    "interesting_failure",
+]
+Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
+FailureCode = Literal["PROVIDER_UNAVAILABLE", "PROVIDER_TIMEOUT", "PROVIDER_ERROR", "BAD_RESPONSE"]
+Remedy = Literal["summarize", "narrow_scope", "select_documents", "chunk", "escalate"]
+
+KNOWN_CAPABILITIES = frozenset(
+    {
+        "chat",
+        "code",
+        "reasoning",
+        "long_context",
+        "extraction",
+        "summarize",
+        "vision",
+        "tools",
+        "json",
+        "routing",
+        "validation",
+        "citations",
+        "speech",
+        "ocr",
+        "embeddings",
+    }
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Provider(Strict):
+    """A model server: Ollama, or anything speaking the OpenAI chat API."""
+
+    type: Literal["ollama", "openai"] = Field(
+        description="'ollama' for Ollama's API; 'openai' for OpenAI-compatible servers "
+        "(OpenAI, vLLM, llama.cpp, LM Studio, DeepSeek, Moonshot, OpenRouter)."
+    )
+    base_url: str = Field(description="Root URL of the server's API.")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the API key; never the key.",
+    )
+    locality: Locality = Field(description="'local' runs on your hardware; 'cloud' leaves it.")
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    max_retries: int = Field(
+        default=1, ge=0, le=5, description="Retries before any byte was sent; never after."
+    )
+
+
+class Price(Strict):
+    """US dollars per million tokens; 1 USD/Mtok is one micro-dollar per token."""
+
+    input_per_mtok: Money = Decimal(0)
+    output_per_mtok: Money = Decimal(0)
+
+
+class Model(Strict):
+    """A model the policy may route to. Without a context policy it is never routed to."""
+
+    provider: Name
+    name: str = Field(min_length=1, description="The provider's own name for the model.")
+    locality: Locality | None = Field(
+        default=None, description="Defaults to the provider's locality; may not contradict it."
+    )
+    context_window: int | None = Field(default=None, gt=0)
+    reserve_tokens: int | None = Field(default=None, ge=0)
+    price: Price = Price()
+    capabilities: tuple[Name, ...] = ("chat",)
+    premium: bool = False
+    tier: Literal["hot", "warm", "cold"] = "hot"
+    weight: Literal["light", "heavy"] = "light"
+    max_concurrency: int = Field(default=4, ge=1, le=1024)
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    streaming: dict[str, bool] = Field(
+        default_factory=dict,
+        description="Streaming allowed per channel name or channel kind ('internal', "
+        "'external'). Absent means forbidden.",
+    )
+    summarization: Literal["allowed", "discouraged", "forbidden"] = "allowed"
+    chunking: Literal["none", "strict", "semantic", "semantic+score"] = "strict"
+    rank: int = Field(
+        default=100, description="Tie-break among equally cheap models; lower wins."
+    )
+    params_b: float | None = Field(default=None, gt=0, description="Parameters, billions.")
+    quantization: str | None = None
+    memory_gb: float | None = Field(default=None, gt=0)
+    description: str | None = None
+
+
+class Fallback(Strict):
+    """An explicit fallback chain. Nothing falls back unless it is listed here."""
+
+    models: tuple[Name, ...] = ()
+    mode: Literal["ask", "auto"] = Field(
+        default="ask",
+        description="'ask': the user must consent before switching (NEEDS_CONSENT otherwise); "
+        "'auto': switch, and report the switch in the result and the log.",
+    )
+    on: tuple[FailureCode, ...] = ("PROVIDER_UNAVAILABLE", "PROVIDER_TIMEOUT")
+
+
+class Predicate(Strict):
+    """A structured escalation test on one signal; never evaluated as text."""
+
+    signal: Signal
+    op: Op
+    value: float | bool
+
+
+class Escalation(Strict):
+    ladder: tuple[Name, ...] = Field(
+        default=(), description="Models to move up to, in order (first is the next step)."
+    )
+    when: tuple[Predicate, ...] = ()
+    consent: bool = Field(default=False, description="Ask the user before switching.")
+
+
+class Role(Strict):
+    model: Name
+    fallback: Fallback = Fallback()
+    authority: Literal["owner", "sidecar", "judge"] = "owner"
+    escalation: Escalation = Escalation()
+    output_contract: Name | None = None
+    description: str | None = None
+
+
+class BudgetCap(Strict):
+    window: Literal["day", "month", "rolling"]
+    window_seconds: int | None = Field(default=None, gt=0)
+    usd: Money | None = None
+    tokens: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _shape(self) -> BudgetCap:
+        if self.usd is None and self.tokens is None:
+            raise ValueError("a budget needs 'usd', 'tokens' or both")
+        if (self.window == "rolling") != (self.window_seconds is not None):
+            raise ValueError("'window_seconds' is required for, and only for, a rolling window")
+        return self
+
+
+class Budget(BudgetCap):
+    scope: Literal["global", "job", "role", "model", "provider"]
+    target: Name | None = Field(default=None, description="The job/role/model/provider name.")
+
+    @model_validator(mode="after")
+    def _target(self) -> Budget:
+        if (self.scope == "global") != (self.target is None):
+            raise ValueError("'target' is required for every scope but 'global', where it is absent")
+        return self
+
+
+class Job(Strict):
+    role: Name | None = None
+    script_only: bool = False
+    local_only: bool = False
+    premium_allowlist: tuple[Name, ...] = Field(
+        default=(), description="Premium models this job may use."
+    )
+    budgets: tuple[BudgetCap, ...] = ()
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Job:
+        if self.script_only and self.role is not None:
+            raise ValueError("a script-only job has no role")
+        if not self.script_only and self.role is None:
+            raise ValueError("a job needs a 'role' unless it is 'script_only'")
+        return self
+
+
+class Match(Strict):
+    keywords: tuple[str, ...] = ()
+    regex: tuple[str, ...] = ()
+
+
+class Intent(Strict):
+    description: str | None = None
+    match: Match = Match()
+    requires: tuple[Name, ...] = ()
+    role: Name | None = Field(default=None, description="Route this intent to a fixed role.")
+    priority: int = Field(default=100, description="When several intents match, lower wins.")
+
+
+class Channel(Strict):
+    kind: Literal["internal", "external"] = "internal"
+    streaming: bool = True
+
+
+class Privacy(Strict):
+    local_only: bool = False
+    log_prompts: Literal[False] = Field(
+        default=False, description="Prompt and completion text are never logged or stored."
+    )
+
+
+class Stage(Strict):
+    name: Name
+    owner: Name
+    critic: Name | None = None
+    validate_contract: bool = True
+    max_retries: int = Field(default=1, ge=0, le=5)
+
+
+class Pipeline(Strict):
+    consensus: Literal["forbidden"] = Field(
+        default="forbidden",
+        description="Rolegate never runs voting, debate or committees; this cannot be changed.",
+    )
+    critic: Literal["off", "always", "on_escalation"] = "on_escalation"
+    stages: tuple[Stage, ...] = ()
+
+
+class Contract(Strict):
+    """An output a role must produce: a JSON object with these keys."""
+
+    format: Literal["json"] = "json"
+    required: tuple[str, ...] = ()
+    confidence_field: str | None = None
+
+
+class Risk(Strict):
+    high_risk_categories: tuple[str, ...] = ()
+    judge_role: Name | None = Field(
+        default=None, description="High-risk work needs this role's approval; it must be cloud."
+    )
+
+
+class TokenEstimate(Strict):
+    bytes_per_token: float = Field(
+        default=2.0,
+        gt=0,
+        le=8,
+        description="Conservative UTF-8 bytes per token when no exact count is available.",
+    )
+    overhead_tokens: int = Field(default=16, ge=0, description="Chat template, per message.")
+
+
+class Lanes(Strict):
+    heavy: int | None = Field(default=None, ge=1, description="Heavy local models at once.")
+    light: int | None = Field(default=None, ge=1)
+
+
+class Defaults(Strict):
+    intent: Name | None = None
+    role: Name | None = None
+    channel: Name | None = None
+    max_output_tokens: int = Field(default=1024, ge=1)
+
+
+class PolicyDocument(Strict):
+    version: Literal[1]
+    name: Name
+    revision: str = Field(default="0", description="The document's own version; bump on change.")
+    description: str | None = None
+    providers: dict[Name, Provider]
+    models: dict[Name, Model]
+    roles: dict[Name, Role] = Field(default_factory=dict)
+    jobs: dict[Name, Job] = Field(default_factory=dict)
+    intents: dict[Name, Intent] = Field(default_factory=dict)
+    channels: dict[Name, Channel] = Field(default_factory=dict)
+    contracts: dict[Name, Contract] = Field(default_factory=dict)
+    budgets: tuple[Budget, ...] = ()
+    privacy: Privacy = Privacy()
+    escalation_on_user_request: bool = Field(
+        default=True, description="Any role escalates one step on an explicit user request."
+    )
+    pipeline: Pipeline = Pipeline()
+    risk: Risk = Risk()
+    lanes: Lanes = Lanes()
+    token_estimate: TokenEstimate = TokenEstimate()
+    defaults: Defaults = Defaults()
+    ledger: str | None = Field(
+        default=None, description="Ledger URL (sqlite:///path or postgresql://...)."
+    )

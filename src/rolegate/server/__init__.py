@@ -1,0 +1,1 @@
+"""MCP wiring and the command line."""

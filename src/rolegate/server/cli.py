@@ -1,0 +1,140 @@
+"""The `rolegate` command line. Results go to stdout, diagnostics to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rolegate import __version__
+from rolegate.errors import PolicyError, PolicyInvalidError, RequestError
+from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
+from rolegate.policy.loader import default_policy_text
+from rolegate.policy.schema import PolicyDocument
+
+
+def _load(path: str | None) -> Policy:
+    return load_default_policy() if path is None else load_policy(path)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.policy:
+        try:
+            policy = load_policy(path)
+        except PolicyInvalidError as exc:
+            for problem in exc.problems:
+                print(problem.render(exc.source), file=sys.stderr)
+            print(f"{path}: INVALID ({len(exc.problems)} error(s))", file=sys.stderr)
+            failed = True
+            continue
+        except PolicyError as exc:
+            print(exc.message, file=sys.stderr)
+            print(f"{path}: INVALID", file=sys.stderr)
+            failed = True
+            continue
+        for warning in policy.warnings:
+            print(warning.render(policy.source), file=sys.stderr)
+        strict_fail = args.strict and policy.warnings
+        status = "INVALID (warnings with --strict)" if strict_fail else "OK"
+        print(f"{path}: {status} {policy.name} revision {policy.revision} {policy.hash}")
+        failed = failed or bool(strict_fail)
+    return 1 if failed else 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    policy = _load(args.policy)
+    request = RouteRequest(
+        task=args.task,
+        job=args.job,
+        role=args.role,
+        channel=args.channel,
+        context_tokens=args.context_tokens,
+        input_tokens=args.input_tokens,
+        needs=tuple(args.needs or ()),
+        local_only=args.local_only,
+        risk=args.risk,
+        max_output_tokens=args.max_output_tokens,
+    )
+    decision = route(request, policy)
+    print(decision.model_dump_json(indent=2))
+    return 0 if decision.outcome != "refuse" else 3
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    if args.policy_command == "schema":
+        print(json.dumps(PolicyDocument.model_json_schema(), indent=2))
+    elif args.policy_command == "show":
+        if args.policy is None:
+            sys.stdout.write(default_policy_text())
+        else:
+            print(json.dumps(json.loads(load_policy(args.policy).canonical_json), indent=2))
+    elif args.policy_command == "hash":
+        print(_load(args.policy).hash)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rolegate.server.serve import serve  # noqa: PLC0415 - keep `check` start-up light
+
+    return serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rolegate", description="Make a model-routing policy executable."
+    )
+    parser.add_argument("--version", action="version", version=f"rolegate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate and lint policy files (exit 0 ok, 1 invalid)")
+    p.add_argument("policy", nargs="+")
+    p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("route", help="print the routing decision for a task as JSON")
+    p.add_argument("task")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--job")
+    p.add_argument("--role")
+    p.add_argument("--channel")
+    p.add_argument("--context-tokens", type=int)
+    p.add_argument("--input-tokens", type=int, help="exact input token count, if known")
+    p.add_argument("--needs", action="append", help="a required capability (repeatable)")
+    p.add_argument("--local-only", action="store_true")
+    p.add_argument("--risk", choices=["low", "normal", "high"])
+    p.add_argument("--max-output-tokens", type=int)
+    p.set_defaults(func=_cmd_route)
+
+    p = sub.add_parser("policy", help="policy utilities")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    for name, text in (
+        ("schema", "print the JSON Schema of the policy file"),
+        ("show", "print the embedded default policy, or a policy's canonical JSON"),
+        ("hash", "print a policy's hash"),
+    ):
+        q = psub.add_parser(name, help=text)
+        if name != "schema":
+            q.add_argument("--policy")
+    p.set_defaults(func=_cmd_policy)
+
+    p = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token-env", help="env var holding the bearer token required over HTTP")
+    p.add_argument("--ledger", help="ledger URL (sqlite:///path or postgresql://...)")
+    p.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except (PolicyError, RequestError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1 if isinstance(exc, PolicyError) else 2
+    return result
