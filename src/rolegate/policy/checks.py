@@ -98,6 +98,8 @@ def _check_roles(doc: PolicyDocument) -> Iterable[PolicyProblem]:
             yield _err(f"{at}.model", f"unknown model {role.model!r}")
         elif doc.privacy.local_only and model_locality(doc, model) == "cloud":
             yield _err(f"{at}.model", f"cloud model {role.model!r} bound to a role under local_only")
+        elif model.escalation_only:
+            yield _err(f"{at}.model", f"{role.model!r} is escalation-only and cannot be bound")
         yield from _chain_problems(
             doc, f"{at}.fallback.models", role.model, role.fallback.models, "fallback"
         )
@@ -135,12 +137,17 @@ def _check_jobs(doc: PolicyDocument) -> Iterable[PolicyProblem]:
                     f"the job's role {job.role!r} runs premium model {role.model!r}, which "
                     "the job's allowlist does not name",
                 )
-            if (
-                job.local_only
-                and model is not None
-                and model_locality(doc, model) == "cloud"
-            ):
+            if job.local_only and model is not None and model_locality(doc, model) == "cloud":
                 yield _err(f"{at}.local_only", f"local_only job bound to cloud model {role.model!r}")
+            if job.local_only:
+                for mid in dict.fromkeys((*role.fallback.models, *role.escalation.ladder)):
+                    m = doc.models.get(mid)
+                    if m is not None and model_locality(doc, m) == "cloud":
+                        yield _warn(
+                            f"{at}.local_only",
+                            f"role {job.role!r} may fall back or escalate to cloud model "
+                            f"{mid!r}; for this job that step is always refused",
+                        )
 
 
 def _check_intents(doc: PolicyDocument) -> Iterable[PolicyProblem]:

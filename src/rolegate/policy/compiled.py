@@ -118,7 +118,10 @@ class Policy:
             )
         # Cheapest first; ties broken by rank, tier, size, then id: never by file order.
         self.models_by_cost: tuple[ModelInfo, ...] = tuple(
-            sorted(self.models.values(), key=lambda m: m.sort_key)
+            sorted(
+                (m for m in self.models.values() if not m.model.escalation_only),
+                key=lambda m: m.sort_key,
+            )
         )
         self.intents: tuple[CompiledIntent, ...] = tuple(
             CompiledIntent(name, intent, _intent_pattern(intent))

@@ -105,6 +105,11 @@ class Model(Strict):
     price: Price = Price()
     capabilities: tuple[Name, ...] = ("chat",)
     premium: bool = False
+    escalation_only: bool = Field(
+        default=False,
+        description="Reached only as an escalation step: never picked by free routing, "
+        "never bound to a role.",
+    )
     tier: Literal["hot", "warm", "cold"] = "hot"
     weight: Literal["light", "heavy"] = "light"
     max_concurrency: int = Field(default=4, ge=1, le=1024)
@@ -245,7 +250,7 @@ class Pipeline(Strict):
         default="forbidden",
         description="Rolegate never runs voting, debate or committees; this cannot be changed.",
     )
-    critic: Literal["off", "always", "on_escalation"] = "on_escalation"
+    critic: Literal["never", "always", "on_escalation"] = "on_escalation"
     stages: tuple[Stage, ...] = ()
 
 
