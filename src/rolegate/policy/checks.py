@@ -97,7 +97,9 @@ def _check_roles(doc: PolicyDocument) -> Iterable[PolicyProblem]:
         if model is None:
             yield _err(f"{at}.model", f"unknown model {role.model!r}")
         elif doc.privacy.local_only and model_locality(doc, model) == "cloud":
-            yield _err(f"{at}.model", f"cloud model {role.model!r} bound to a role under local_only")
+            yield _err(
+                f"{at}.model", f"cloud model {role.model!r} bound to a role under local_only"
+            )
         elif model.escalation_only:
             yield _err(f"{at}.model", f"{role.model!r} is escalation-only and cannot be bound")
         yield from _chain_problems(
@@ -138,7 +140,9 @@ def _check_jobs(doc: PolicyDocument) -> Iterable[PolicyProblem]:
                     "the job's allowlist does not name",
                 )
             if job.local_only and model is not None and model_locality(doc, model) == "cloud":
-                yield _err(f"{at}.local_only", f"local_only job bound to cloud model {role.model!r}")
+                yield _err(
+                    f"{at}.local_only", f"local_only job bound to cloud model {role.model!r}"
+                )
             if job.local_only:
                 for mid in dict.fromkeys((*role.fallback.models, *role.escalation.ladder)):
                     m = doc.models.get(mid)

@@ -23,10 +23,6 @@ def canonical_json(doc: PolicyDocument) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def policy_hash(doc: PolicyDocument) -> str:
-    return "sha256:" + hashlib.sha256(canonical_json(doc).encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the router needs of a model, computed once."""
@@ -70,7 +66,12 @@ def _budget_line(budget: Budget) -> BudgetLine:
     bid = f"{budget.scope}:{budget.target or '*'}:{window}"
     usd_micro = None if budget.usd is None else math.floor(budget.usd * 1_000_000)
     return BudgetLine(
-        bid, budget.scope, budget.target, budget.window, budget.window_seconds, usd_micro,
+        bid,
+        budget.scope,
+        budget.target,
+        budget.window,
+        budget.window_seconds,
+        usd_micro,
         budget.tokens,
     )
 
@@ -113,7 +114,11 @@ class Policy:
                 mid,
             )
             self.models[mid] = ModelInfo(
-                mid, model, model_locality(doc, model), frozenset(model.capabilities), max_input,
+                mid,
+                model,
+                model_locality(doc, model),
+                frozenset(model.capabilities),
+                max_input,
                 key,
             )
         # Cheapest first; ties broken by rank, tier, size, then id: never by file order.
@@ -130,9 +135,7 @@ class Policy:
         lines = [_budget_line(b) for b in doc.budgets]
         for jid, job in sorted(doc.jobs.items()):
             for cap in job.budgets:
-                lines.append(
-                    _budget_line(Budget(scope="job", target=jid, **cap.model_dump()))
-                )
+                lines.append(_budget_line(Budget(scope="job", target=jid, **cap.model_dump())))
         self.budgets: tuple[BudgetLine, ...] = tuple(lines)
         self.roles_by_model: dict[str, tuple[str, ...]] = {}
         for rid in sorted(doc.roles):
@@ -158,9 +161,9 @@ class Policy:
         """Every cap that a call with these coordinates counts against."""
         wanted = {"global": None, "job": job, "role": role, "model": model, "provider": provider}
         return [
-            b for b in self.budgets if b.scope == "global" or (
-                wanted[b.scope] is not None and wanted[b.scope] == b.target
-            )
+            b
+            for b in self.budgets
+            if b.scope == "global" or (wanted[b.scope] is not None and wanted[b.scope] == b.target)
         ]
 
     def price_of(self, model: str) -> tuple[Decimal, Decimal]:

@@ -29,7 +29,9 @@ def parse_text(text: str, fmt: str, source: str) -> Any:
         if fmt == "yaml":
             return yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise PolicyLoadError(f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from exc
+        raise PolicyLoadError(
+            f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyLoadError(f"{source}: invalid TOML: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -8,6 +8,9 @@ No I/O, no clock, no randomness: the same inputs always give the same decision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import CompiledIntent, ModelInfo, Policy
 from rolegate.policy.decision import (
@@ -111,9 +114,7 @@ def _check(
         job = policy.doc.jobs.get(request.job) if request.job else None
         if job is None or info.id not in job.premium_allowlist:
             who = f"job {request.job!r}" if request.job else "a request with no job"
-            return _Refusal(
-                Code.NOT_ALLOWLISTED, f"is premium and not on the allowlist of {who}"
-            )
+            return _Refusal(Code.NOT_ALLOWLISTED, f"is premium and not on the allowlist of {who}")
     if input_tokens > info.max_input_tokens:
         return _Refusal(
             Code.OVER_BUDGET,
@@ -146,9 +147,7 @@ def _check(
     return None
 
 
-def route(
-    request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None = None
-) -> Decision:
+def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None = None) -> Decision:
     """Decide which model serves ``request``, or refuse with a code and a sentence.
 
     Raises RequestError only for malformed requests (unknown job/role/channel,
@@ -250,33 +249,66 @@ def route(
         if best is None or refusal.stage > best[0].stage:
             best = (refusal, info)
 
-    common = {
-        "policy": ref,
-        "intent": intent_name,
-        "required_capabilities": sorted(needs),
-        "job": request.job,
-        "local_only": local_only,
-        "max_output_tokens": max_output,
-        "reasons": reasons,
-        "rejected": rejected,
-    }
+    base = _Base(
+        policy=ref,
+        intent=intent_name,
+        required_capabilities=sorted(needs),
+        job=request.job,
+        local_only=local_only,
+        max_output_tokens=max_output,
+        reasons=reasons,
+        rejected=rejected,
+    )
     if chosen is None:
-        assert best is not None  # candidates is never empty: the policy has a model
+        if best is None:
+            return base.decide(
+                outcome="refuse",
+                code=Code.NO_SUFFICIENT_MODEL,
+                message="no model may be picked freely (all are escalation-only); name a role",
+                role=role,
+            )
         refusal, info = best
-        return Decision(
+        message = (
+            refusal.reason if refusal.code == Code.OVER_BUDGET else f"{info.id} {refusal.reason}"
+        )
+        return base.decide(
             outcome="refuse",
             code=refusal.code,
-            message=f"{info.id} {refusal.reason}"
-            if refusal.code != Code.OVER_BUDGET
-            else refusal.reason,
+            message=message,
             role=role,
             model=info.id,
             tokens=_token_count(info, input_tokens, method, task_tokens, context_tokens),
             remedies=_remedies(policy, refusal.code, info, role, input_tokens),
-            **common,  # type: ignore[arg-type]
         )
-    return _routed(policy, request, chosen, role, input_tokens, method, task_tokens,
-                   context_tokens, local_only, common)
+    tokens = _token_count(chosen, input_tokens, method, task_tokens, context_tokens)
+    return _routed(policy, request, chosen, role or _role_for(policy, chosen.id), tokens, base)
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    """The parts every decision for one request shares."""
+
+    policy: PolicyRef
+    intent: str | None
+    required_capabilities: list[str]
+    job: str | None
+    local_only: bool
+    max_output_tokens: int
+    reasons: list[str]
+    rejected: list[Rejection]
+
+    def decide(self, **fields: Any) -> Decision:
+        return Decision(
+            policy=self.policy,
+            intent=self.intent,
+            required_capabilities=self.required_capabilities,
+            job=self.job,
+            local_only=self.local_only,
+            max_output_tokens=self.max_output_tokens,
+            reasons=self.reasons,
+            rejected=self.rejected,
+            **fields,
+        )
 
 
 def _routed(
@@ -284,55 +316,49 @@ def _routed(
     request: RouteRequest,
     info: ModelInfo,
     role: str | None,
-    input_tokens: int,
-    method: str,
-    task_tokens: int,
-    context_tokens: int,
-    local_only: bool,
-    common: dict[str, object],
+    tokens: TokenCount,
+    base: _Base,
 ) -> Decision:
     doc = policy.doc
     model = info.model
-    reported_role = role or _role_for(policy, info.id)
-    role_def = doc.roles.get(reported_role) if reported_role else None
+    role_def = doc.roles.get(role) if role else None
     judge = doc.risk.judge_role if request.risk == "high" else None
-    max_output = int(common["max_output_tokens"])  # type: ignore[call-overload]
-    reasons = common["reasons"]
-    assert isinstance(reasons, list)
-    reasons.append(f"selected {info.id} ({info.locality}, {input_tokens:,} <= "
-                   f"{info.max_input_tokens:,} input tokens)")
+    base.reasons.append(
+        f"selected {info.id} ({info.locality}, {tokens.input_tokens:,} <= "
+        f"{info.max_input_tokens:,} input tokens)"
+    )
     if judge is not None:
         judge_model = policy.models[doc.roles[judge].model]
-        reasons.append(f"high risk: judge {judge!r} ({judge_model.id}) must approve")
-        if local_only and judge_model.locality == "cloud":
-            return Decision(
+        base.reasons.append(f"high risk: judge {judge!r} ({judge_model.id}) must approve")
+        if base.local_only and judge_model.locality == "cloud":
+            return base.decide(
                 outcome="refuse",
                 code=Code.CLOUD_JUDGE_REQUIRED,
                 message=f"high-risk work needs the cloud judge {judge!r} ({judge_model.id}), "
                 "but local_only forbids cloud calls",
-                role=reported_role,
+                role=role,
                 model=info.id,
                 judge_required=judge,
                 remedies=["lower the risk or lift local_only"],
-                **common,  # type: ignore[arg-type]
             )
-    return Decision(
+    return base.decide(
         outcome="route",
         code=Code.ROUTED,
         message=f"route to {info.id} via provider {model.provider}",
-        role=reported_role,
+        role=role,
         model=info.id,
         provider=model.provider,
         provider_model=model.name,
         locality=info.locality,
         premium=model.premium,
-        tokens=_token_count(info, input_tokens, method, task_tokens, context_tokens),
-        worst_case_cost_micro=info.worst_case_cost_micro(input_tokens, max_output),
+        tokens=tokens,
+        worst_case_cost_micro=info.worst_case_cost_micro(
+            tokens.input_tokens, base.max_output_tokens
+        ),
         streaming=_streaming(policy, request.channel or doc.defaults.channel, info),
         judge_required=judge,
         fallback=list(role_def.fallback.models) if role_def else [],
         fallback_mode=role_def.fallback.mode if role_def and role_def.fallback.models else None,
-        **common,  # type: ignore[arg-type]
     )
 
 
@@ -373,9 +399,7 @@ def _remedies(
         if info.model.chunking != "none":
             out.append("chunk")
         ladder = policy.doc.roles[role].escalation.ladder if role else ()
-        if any(
-            (policy.models[m].max_input_tokens or 0) >= input_tokens for m in ladder
-        ):
+        if any((policy.models[m].max_input_tokens or 0) >= input_tokens for m in ladder):
             out.append("escalate")
         return out
     if code == Code.NOT_ALLOWLISTED:

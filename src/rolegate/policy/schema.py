@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_valida
 
 def _decimal_text(value: Decimal) -> str:
     # 1, 1.0 and 1.00 are the same price; the policy hash must not see a difference.
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 Money = Annotated[Decimal, Field(ge=0), PlainSerializer(_decimal_text, return_type=str)]
@@ -121,9 +120,7 @@ class Model(Strict):
     )
     summarization: Literal["allowed", "discouraged", "forbidden"] = "allowed"
     chunking: Literal["none", "strict", "semantic", "semantic+score"] = "strict"
-    rank: int = Field(
-        default=100, description="Tie-break among equally cheap models; lower wins."
-    )
+    rank: int = Field(default=100, description="Tie-break among equally cheap models; lower wins.")
     params_b: float | None = Field(default=None, gt=0, description="Parameters, billions.")
     quantization: str | None = None
     memory_gb: float | None = Field(default=None, gt=0)
@@ -189,7 +186,9 @@ class Budget(BudgetCap):
     @model_validator(mode="after")
     def _target(self) -> Budget:
         if (self.scope == "global") != (self.target is None):
-            raise ValueError("'target' is required for every scope but 'global', where it is absent")
+            raise ValueError(
+                "'target' is required for every scope but 'global', where it is absent"
+            )
         return self
 
 

@@ -76,7 +76,8 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from rolegate.server.serve import serve  # noqa: PLC0415 - keep `check` start-up light
+    # Imported here so that `check` and `route` never pay for the MCP SDK's import.
+    from rolegate.server.serve import serve
 
     return serve(args)
 

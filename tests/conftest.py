@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rolegate.policy import Policy, load_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "policies"
+
+
+def example_path(stem: str) -> Path:
+    (path,) = EXAMPLES.glob(f"{stem}*.yaml")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mac_mini() -> Policy:
+    return load_policy(example_path("000"))
+
+
+@pytest.fixture(scope="session")
+def codex_rs() -> Policy:
+    return load_policy(example_path("001"))
+
+
+@pytest.fixture(scope="session")
+def three_role() -> Policy:
+    return load_policy(example_path("002"))
+
+
+@pytest.fixture(scope="session")
+def sophie() -> Policy:
+    return load_policy(example_path("003"))
+
+
+@pytest.fixture(scope="session")
+def orchestrator() -> Policy:
+    return load_policy(example_path("004"))
