@@ -178,14 +178,14 @@ def escalate(
             code=Code.CLOUD_JUDGE_REQUIRED,
             message=f"high-risk work needs the cloud judge {judge!r}, but local_only forbids "
             "cloud calls; a local model can never approve",
-            **base,  # type: ignore[arg-type]
+            **base,
         )
     if not fired:
         return EscalationDecision(
             escalate=False,
             code="NO_ESCALATION",
             message="no escalation predicate fired; stay on the current model",
-            **base,  # type: ignore[arg-type]
+            **base,
         )
     snapshot = budget or BudgetSnapshot()
     rejected: list[Rejection] = []
@@ -203,7 +203,7 @@ def escalate(
                 to_locality=info.locality,
                 step=step,
                 rejected=rejected,
-                **base,  # type: ignore[arg-type]
+                **base,
             )
         rejected.append(refusal)
     if not rejected:
@@ -211,7 +211,7 @@ def escalate(
             escalate=False,
             code=Code.NO_SUFFICIENT_MODEL,
             message=f"role {req.role!r} has no higher rung to escalate to",
-            **base,  # type: ignore[arg-type]
+            **base,
         )
     first = rejected[0]
     return EscalationDecision(
@@ -219,7 +219,7 @@ def escalate(
         code=first.code,
         message=f"escalation refused: {first.model} {first.reason}",
         rejected=rejected,
-        **base,  # type: ignore[arg-type]
+        **base,
     )
 
 

@@ -1,0 +1,108 @@
+"""Output models of the MCP tools: every tool publishes an outputSchema from these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from rolegate.policy.decision import Decision, PolicyRef
+from rolegate.policy.escalation import EscalationDecision
+
+
+class RouteResult(Decision):
+    decision_id: str = Field(description="Pass to run_role to run exactly this decision.")
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    input_exact: bool = Field(description="True when the server counted the input tokens.")
+    charged_at_worst_case: bool = Field(
+        default=False,
+        description="The provider reported no usage; charged the reserved worst case.",
+    )
+
+
+class FallbackInfo(BaseModel):
+    from_model: str
+    to_model: str
+    reason: str = Field(description="The failure code that triggered the declared fallback.")
+    consent: str = Field(description="'auto' (declared) or 'user' (asked through elicitation).")
+
+
+class ContractReport(BaseModel):
+    name: str
+    valid: bool
+    errors: list[str] = Field(default_factory=list)
+
+
+class RunResult(BaseModel):
+    output: str = Field(description="The model's completion text.")
+    structured: dict[str, Any] | None = Field(
+        default=None, description="The output parsed against the role's contract, when valid."
+    )
+    contract: ContractReport | None = None
+    role: str
+    model: str
+    provider: str
+    provider_model: str
+    locality: str
+    usage: Usage
+    cost_micro: int = Field(description="Cost in micro-USD.")
+    latency_ms: float
+    ttft_ms: float | None = Field(default=None, description="Time to first token.")
+    streamed: bool
+    fallback: FallbackInfo | None = None
+    escalation: EscalationDecision | None = Field(
+        default=None, description="The escalation the output's own signals trigger, if any."
+    )
+    request_id: str
+    decision_id: str | None = None
+    task_id: str | None = None
+    stage: str | None = None
+    policy: PolicyRef
+
+
+class ScopeReport(BaseModel):
+    id: str
+    scope: str
+    target: str | None
+    window: str
+    resets_at: str | None = Field(description="ISO time the window resets; null for rolling.")
+    cap_usd_micro: int | None
+    spent_usd_micro: int
+    reserved_usd_micro: int
+    left_usd_micro: int | None
+    cap_tokens: int | None
+    spent_tokens: int
+    reserved_tokens: int
+    left_tokens: int | None
+
+
+class CallCheck(BaseModel):
+    model: str
+    role: str | None
+    job: str | None
+    input_tokens: int
+    token_method: str
+    output_tokens: int
+    max_input_tokens: int | None
+    fits_context: bool
+    worst_case_cost_micro: int
+    fits_budget: bool
+    admitted: bool
+    code: str
+    refusing_scope: str | None = None
+    message: str
+
+
+class BudgetReport(BaseModel):
+    policy: PolicyRef
+    ledger: str = Field(description="Where spend is counted.")
+    scopes: list[ScopeReport]
+    check: CallCheck | None = None
+
+
+class EscalateResult(EscalationDecision):
+    provenance_id: str = Field(description="Id of the provenance record of this evaluation.")

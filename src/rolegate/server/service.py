@@ -1,0 +1,259 @@
+"""What the four tools do, independent of MCP: route, check budget, escalate, run."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from rolegate.errors import Code, RequestError
+from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
+from rolegate.policy.decision import PolicyRef, Risk, ScopeUsage
+from rolegate.policy.escalation import EscalationRequest, SignalValue, escalate
+from rolegate.policy.tokens import estimate_method, estimate_tokens
+from rolegate.server.models import (
+    BudgetReport,
+    CallCheck,
+    EscalateResult,
+    RouteResult,
+    ScopeReport,
+)
+from rolegate.server.windows import utcnow, window_reset
+
+MAX_REMEMBERED_DECISIONS = 10_000
+
+
+class UsageSource:
+    """Where spent/reserved amounts come from. The base reports no usage at all."""
+
+    description = "none (no ledger configured; spend is not counted)"
+
+    def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot:  # noqa: ARG002
+        return BudgetSnapshot()
+
+
+class Rolegate:
+    """The server's state: the active policy, recent decisions, usage and the clock."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        usage: UsageSource | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.policy = policy
+        self.usage = usage or UsageSource()
+        self.clock = clock
+        self._decisions: OrderedDict[str, Decision] = OrderedDict()
+
+    @property
+    def policy_ref(self) -> PolicyRef:
+        p = self.policy
+        return PolicyRef(name=p.name, revision=p.revision, hash=p.hash)
+
+    def snapshot(self) -> BudgetSnapshot:
+        return self.usage.snapshot(self.policy, self.clock())
+
+    # -- route_task ---------------------------------------------------------
+    def route_task(self, request: RouteRequest) -> RouteResult:
+        decision = route(request, self.policy, self.snapshot())
+        decision_id = "dec_" + uuid.uuid4().hex
+        self._decisions[decision_id] = decision
+        while len(self._decisions) > MAX_REMEMBERED_DECISIONS:
+            self._decisions.popitem(last=False)
+        return RouteResult(decision_id=decision_id, **decision.model_dump())
+
+    def decision(self, decision_id: str) -> Decision:
+        found = self._decisions.get(decision_id)
+        if found is None:
+            raise RequestError(
+                f"unknown decision_id {decision_id!r}; route the task again with route_task",
+                code=Code.UNKNOWN_DECISION,
+            )
+        return found
+
+    # -- check_budget -------------------------------------------------------
+    def check_budget(
+        self,
+        *,
+        job: str | None = None,
+        role: str | None = None,
+        model: str | None = None,
+        text: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> BudgetReport:
+        doc = self.policy.doc
+        if job is not None and job not in doc.jobs:
+            raise RequestError(f"unknown job {job!r}", code=Code.UNKNOWN_JOB)
+        if role is not None and role not in doc.roles:
+            raise RequestError(f"unknown role {role!r}", code=Code.UNKNOWN_ROLE)
+        if model is not None and model not in doc.models:
+            raise RequestError(
+                f"unknown model {model!r}; the policy defines {sorted(doc.models)}",
+                code=Code.UNKNOWN_MODEL,
+            )
+        if text is not None and input_tokens is not None:
+            raise RequestError("give text or input_tokens, not both", code=Code.INVALID_ARGUMENT)
+        for value, name in ((input_tokens, "input_tokens"), (output_tokens, "output_tokens")):
+            if value is not None and value < 0:
+                raise RequestError(f"{name} must be >= 0", code=Code.INVALID_ARGUMENT)
+        now = self.clock()
+        snapshot = self.usage.snapshot(self.policy, now)
+        scopes = [self._scope_report(line.id, now, snapshot) for line in self.policy.budgets]
+        check = None
+        if text is not None or input_tokens is not None or model or role or job:
+            check = self._call_check(job, role, model, text, input_tokens, output_tokens, snapshot)
+        return BudgetReport(
+            policy=self.policy_ref, ledger=self.usage.description, scopes=scopes, check=check
+        )
+
+    def _scope_report(self, line_id: str, now: datetime, snapshot: BudgetSnapshot) -> ScopeReport:
+        line = next(b for b in self.policy.budgets if b.id == line_id)
+        used = snapshot.get(line.id)
+        reset = window_reset(line, now)
+        return ScopeReport(
+            id=line.id,
+            scope=line.scope,
+            target=line.target,
+            window=line.window if line.window != "rolling" else f"rolling {line.window_seconds}s",
+            resets_at=reset.isoformat() if reset else None,
+            cap_usd_micro=line.usd_micro,
+            spent_usd_micro=used.spent_micro,
+            reserved_usd_micro=used.reserved_micro,
+            left_usd_micro=None
+            if line.usd_micro is None
+            else line.usd_micro - used.spent_micro - used.reserved_micro,
+            cap_tokens=line.tokens,
+            spent_tokens=used.spent_tokens,
+            reserved_tokens=used.reserved_tokens,
+            left_tokens=None
+            if line.tokens is None
+            else line.tokens - used.spent_tokens - used.reserved_tokens,
+        )
+
+    def _call_check(
+        self,
+        job: str | None,
+        role: str | None,
+        model: str | None,
+        text: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        snapshot: BudgetSnapshot,
+    ) -> CallCheck:
+        doc = self.policy.doc
+        if role is None and model is None:
+            role = doc.jobs[job].role if job is not None else doc.defaults.role
+        if model is None:
+            if role is None:
+                raise RequestError(
+                    "name a model, a role or a job to check a call against",
+                    code=Code.INVALID_ARGUMENT,
+                )
+            model = doc.roles[role].model
+        info = self.policy.models[model]
+        settings = doc.token_estimate
+        if input_tokens is None:
+            tokens = estimate_tokens(text or "", settings)
+            method = estimate_method(settings)
+        else:
+            tokens, method = input_tokens, "exact (given by the caller)"
+        out = output_tokens if output_tokens is not None else doc.defaults.max_output_tokens
+        fits_context = info.max_input_tokens is not None and tokens <= info.max_input_tokens
+        cost = info.worst_case_cost_micro(tokens, out)
+        refusing: str | None = None
+        for line in self.policy.budgets_touching(
+            job=job, role=role, model=model, provider=info.model.provider
+        ):
+            used: ScopeUsage = snapshot.get(line.id)
+            if (
+                line.usd_micro is not None
+                and cost > line.usd_micro - used.spent_micro - used.reserved_micro
+            ) or (
+                line.tokens is not None
+                and tokens + out > line.tokens - used.spent_tokens - used.reserved_tokens
+            ):
+                refusing = line.id
+                break
+        if info.max_input_tokens is None:
+            code, message = Code.NO_POLICY, f"{model} has no context policy: never admitted"
+        elif not fits_context:
+            code = Code.OVER_BUDGET
+            message = (
+                f"input is {tokens:,} tokens; {model} accepts {info.max_input_tokens:,} "
+                f"({info.model.context_window:,} window - {info.model.reserve_tokens:,} reserve)"
+            )
+        elif refusing is not None:
+            code = Code.BUDGET_EXHAUSTED
+            message = f"worst case ${cost / 1e6:,.6f} does not fit budget {refusing}"
+        else:
+            code, message = Code.ROUTED, f"fits {model}'s context and every budget it touches"
+        return CallCheck(
+            model=model,
+            role=role,
+            job=job,
+            input_tokens=tokens,
+            token_method=method,
+            output_tokens=out,
+            max_input_tokens=info.max_input_tokens,
+            fits_context=fits_context,
+            worst_case_cost_micro=cost,
+            fits_budget=refusing is None,
+            admitted=code == Code.ROUTED,
+            code=code,
+            refusing_scope=refusing,
+            message=message,
+        )
+
+    # -- escalate -----------------------------------------------------------
+    def escalate(
+        self,
+        role: str,
+        signals: Mapping[str, SignalValue],
+        *,
+        job: str | None = None,
+        local_only: bool = False,
+        current_step: int = 0,
+    ) -> EscalateResult:
+        decision = escalate(
+            EscalationRequest(
+                role=role,
+                signals=signals,
+                job=job,
+                local_only=local_only,
+                current_step=current_step,
+            ),
+            self.policy,
+            self.snapshot(),
+        )
+        return EscalateResult(provenance_id="esc_" + uuid.uuid4().hex, **decision.model_dump())
+
+    @staticmethod
+    def route_request(
+        task: str,
+        *,
+        job: str | None = None,
+        role: str | None = None,
+        channel: str | None = None,
+        context_tokens: int | None = None,
+        needs: list[str] | None = None,
+        local_only: bool = False,
+        risk: Risk | None = None,
+        max_output_tokens: int | None = None,
+        input_tokens: int | None = None,
+    ) -> RouteRequest:
+        return RouteRequest(
+            task=task,
+            job=job,
+            role=role,
+            channel=channel,
+            context_tokens=context_tokens,
+            needs=tuple(needs or ()),
+            local_only=local_only,
+            risk=risk,
+            max_output_tokens=max_output_tokens,
+            input_tokens=input_tokens,
+        )
