@@ -122,9 +122,14 @@ class RefusedError(RolegateError):
 
 
 class ProviderError(RolegateError):
-    """A model server failed or answered nonsense."""
+    """A model server failed or answered nonsense.
+
+    ``partial_output_tokens`` is set when a stream broke after output began, so
+    that what was produced is charged rather than released.
+    """
 
     default_code = Code.PROVIDER_ERROR
+    partial_output_tokens: int | None = None
 
 
 class LedgerError(RolegateError):

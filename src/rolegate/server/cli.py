@@ -18,20 +18,24 @@ def _load(path: str | None) -> Policy:
     return load_default_policy() if path is None else load_policy(path)
 
 
+def report_policy_error(path: str, exc: PolicyError) -> None:
+    """Print a policy error the way `rolegate check` does (serve uses this too)."""
+    if isinstance(exc, PolicyInvalidError):
+        for problem in exc.problems:
+            print(problem.render(exc.source), file=sys.stderr)
+        print(f"{path}: INVALID ({len(exc.problems)} error(s))", file=sys.stderr)
+    else:
+        print(exc.message, file=sys.stderr)
+        print(f"{path}: INVALID", file=sys.stderr)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     failed = False
     for path in args.policy:
         try:
             policy = load_policy(path)
-        except PolicyInvalidError as exc:
-            for problem in exc.problems:
-                print(problem.render(exc.source), file=sys.stderr)
-            print(f"{path}: INVALID ({len(exc.problems)} error(s))", file=sys.stderr)
-            failed = True
-            continue
         except PolicyError as exc:
-            print(exc.message, file=sys.stderr)
-            print(f"{path}: INVALID", file=sys.stderr)
+            report_policy_error(path, exc)
             failed = True
             continue
         for warning in policy.warnings:
@@ -127,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token-env", help="env var holding the bearer token required over HTTP")
     p.add_argument("--ledger", help="ledger URL (sqlite:///path or postgresql://...)")
+    p.add_argument("--block", action="append", default=[], help="block a plugin by name")
+    p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_cmd_serve)
     return parser
 

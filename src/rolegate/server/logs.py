@@ -37,5 +37,6 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     )
 
 
-def get_logger(**initial: Any) -> Any:
-    return structlog.get_logger("rolegate").bind(**initial)
+def get_logger() -> Any:
+    """A lazy logger: it picks up the configuration at first use, not at import."""
+    return structlog.get_logger("rolegate")

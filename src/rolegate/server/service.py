@@ -6,8 +6,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any, Protocol
 
-from rolegate.errors import Code, RequestError
+from rolegate.errors import Code, ProviderError, RequestError
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
 from rolegate.policy.decision import PolicyRef, Risk, ScopeUsage
 from rolegate.policy.escalation import EscalationRequest, SignalValue, escalate
@@ -17,8 +18,10 @@ from rolegate.server.models import (
     CallCheck,
     EscalateResult,
     RouteResult,
+    RunResult,
     ScopeReport,
 )
+from rolegate.server.tasks import TaskStore
 from rolegate.server.windows import utcnow, window_reset
 
 MAX_REMEMBERED_DECISIONS = 10_000
@@ -29,8 +32,12 @@ class UsageSource:
 
     description = "none (no ledger configured; spend is not counted)"
 
-    def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot:  # noqa: ARG002
+    def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot:
         return BudgetSnapshot()
+
+
+class RunnerLike(Protocol):
+    async def run(self, service: Rolegate, **kwargs: Any) -> RunResult: ...
 
 
 class Rolegate:
@@ -42,11 +49,14 @@ class Rolegate:
         *,
         usage: UsageSource | None = None,
         clock: Callable[[], datetime] = utcnow,
+        runner: RunnerLike | None = None,
     ) -> None:
         self.policy = policy
         self.usage = usage or UsageSource()
         self.clock = clock
         self._decisions: OrderedDict[str, Decision] = OrderedDict()
+        self.tasks = TaskStore()
+        self.runner = runner
 
     @property
     def policy_ref(self) -> PolicyRef:
@@ -215,9 +225,11 @@ class Rolegate:
         signals: Mapping[str, SignalValue],
         *,
         job: str | None = None,
+        task_id: str | None = None,
+        reason: str | None = None,
         local_only: bool = False,
-        current_step: int = 0,
     ) -> EscalateResult:
+        current_step = self.tasks.escalation_step(task_id, role) if task_id else 0
         decision = escalate(
             EscalationRequest(
                 role=role,
@@ -229,7 +241,58 @@ class Rolegate:
             self.policy,
             self.snapshot(),
         )
-        return EscalateResult(provenance_id="esc_" + uuid.uuid4().hex, **decision.model_dump())
+        provenance_id = "esc_" + uuid.uuid4().hex
+        if task_id and decision.escalate and decision.step is not None:
+            self.tasks.record_escalation(task_id, role, decision.step, provenance_id, decision)
+        return EscalateResult(provenance_id=provenance_id, **decision.model_dump())
+
+    # -- run_role -----------------------------------------------------------
+    async def run_role(self, **kwargs: Any) -> RunResult:
+        if self.runner is None:
+            role = kwargs.get("role")
+            if role not in self.policy.doc.roles:
+                raise RequestError(f"unknown role {role!r}", code=Code.UNKNOWN_ROLE)
+            raise ProviderError(
+                "no provider plugins are loaded in this server", code=Code.PROVIDER_UNAVAILABLE
+            )
+        return await self.runner.run(self, **kwargs)
+
+    # -- resources ----------------------------------------------------------
+    def roles_overview(self) -> dict[str, Any]:
+        doc = self.policy.doc
+        models = {
+            mid: {
+                "provider": info.model.provider,
+                "provider_model": info.model.name,
+                "locality": info.locality,
+                "context_window": info.model.context_window,
+                "reserve_tokens": info.model.reserve_tokens,
+                "max_input_tokens": info.max_input_tokens,
+                "premium": info.model.premium,
+                "escalation_only": info.model.escalation_only,
+                "capabilities": sorted(info.capabilities),
+                "price_per_mtok": {
+                    "input": str(info.model.price.input_per_mtok),
+                    "output": str(info.model.price.output_per_mtok),
+                },
+            }
+            for mid, info in sorted(self.policy.models.items())
+        }
+        roles = {
+            rid: {
+                "model": role.model,
+                "authority": role.authority,
+                "fallback": list(role.fallback.models),
+                "fallback_mode": role.fallback.mode,
+                "escalation_ladder": list(role.escalation.ladder),
+                "output_contract": role.output_contract,
+            }
+            for rid, role in sorted(doc.roles.items())
+        }
+        return {"policy_hash": self.policy.hash, "roles": roles, "models": models}
+
+    def task_view(self, task_id: str) -> dict[str, Any] | None:
+        return self.tasks.view(task_id)
 
     @staticmethod
     def route_request(

@@ -1,0 +1,98 @@
+"""What plugins provide: provider types (model servers) and role kinds.
+
+A provider type turns a policy ``providers.<name>`` entry into a client; a
+client runs one chat call at a time per request, streaming deltas to a
+callback, and reports usage. Clients raise only ``rolegate.errors.ProviderError``
+with one of PROVIDER_UNAVAILABLE, PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from rolegate.policy.schema import Provider
+
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: Sequence[Message]
+    max_output_tokens: int
+    timeout_s: float
+    stream: bool = True
+    temperature: float | None = None
+    keep_alive: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    text: str
+    input_tokens: int | None
+    output_tokens: int | None
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    streamed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    tokens: int
+    exact: bool
+
+
+class ProviderClient(Protocol):
+    """A connection to one model server."""
+
+    async def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResult: ...
+
+    async def count_tokens(self, model: str, messages: Sequence[Message]) -> TokenCount | None:
+        """Exact input tokens if the server can count them, else None."""
+        ...
+
+    async def list_models(self) -> list[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ProviderType(Protocol):
+    """Makes clients for policy providers whose ``type`` equals ``name``."""
+
+    name: str
+
+    def create(
+        self,
+        config: Provider,
+        *,
+        api_key: str | None,
+        transport: Any = None,
+    ) -> ProviderClient:
+        """``transport``: an httpx/httpx2 async transport for the client library, or None."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContractCheck:
+    valid: bool
+    structured: dict[str, Any] | None
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RoleKind:
+    """Behaviour shared by roles of one kind: a default system prompt and output checks."""
+
+    name: str
+    description: str
+    system_prompt: str | None = None
+    authority: Literal["owner", "sidecar", "judge"] = "owner"

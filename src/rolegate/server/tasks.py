@@ -1,0 +1,68 @@
+"""Work items: which role owns each stage, escalations and critiques, per task_id."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from pydantic import BaseModel
+
+MAX_TASKS = 10_000
+
+
+class TaskStore:
+    """In-process record of tasks (ids, models, codes; never prompt or output text)."""
+
+    def __init__(self) -> None:
+        self._tasks: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _task(self, task_id: str) -> dict[str, Any]:
+        task = self._tasks.get(task_id)
+        if task is None:
+            task = {"task_id": task_id, "stages": {}, "escalations": [], "critiques": []}
+            self._tasks[task_id] = task
+            while len(self._tasks) > MAX_TASKS:
+                self._tasks.popitem(last=False)
+        return task
+
+    def escalation_step(self, task_id: str, role: str) -> int:
+        """How many rungs ``role`` has already climbed for ``task_id`` (0: none)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return 0
+            steps = [e["step"] + 1 for e in task["escalations"] if e["role"] == role]
+            return max(steps, default=0)
+
+    def record_escalation(
+        self, task_id: str, role: str, step: int, provenance_id: str, decision: BaseModel
+    ) -> None:
+        data = decision.model_dump(mode="json")
+        with self._lock:
+            self._task(task_id)["escalations"].append(
+                {
+                    "provenance_id": provenance_id,
+                    "role": role,
+                    "step": step,
+                    "from_model": data.get("from_model"),
+                    "to_model": data.get("to_model"),
+                    "fired": [f["signal"] for f in data.get("fired", [])],
+                    "policy_hash": data["policy"]["hash"],
+                }
+            )
+
+    def view(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return (
+                None
+                if task is None
+                else {
+                    "task_id": task_id,
+                    "stages": dict(task["stages"]),
+                    "escalations": list(task["escalations"]),
+                    "critiques": list(task["critiques"]),
+                }
+            )
