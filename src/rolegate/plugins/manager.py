@@ -88,9 +88,9 @@ def build_registry(
                 ep.name, dist.name if dist else None, dist.version if dist else None
             )
     for plugin in extra_plugins:
-        name = pm.register(plugin)
-        if name is not None:
-            infos[name] = PluginInfo(name, None, None)
+        registered = pm.register(plugin)
+        if registered is not None:
+            infos[registered] = PluginInfo(registered, None, None)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

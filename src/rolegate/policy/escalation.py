@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import ModelInfo, Policy
 from rolegate.policy.decision import BudgetSnapshot, PolicyRef, Rejection
+from rolegate.policy.router import check_model
 from rolegate.policy.schema import Predicate
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -93,46 +94,21 @@ def _rung_refusal(
     local_only: bool,
     snapshot: BudgetSnapshot,
 ) -> Rejection | None:
-    if info.max_input_tokens is None:
-        return Rejection(model=info.id, code=Code.NO_POLICY, reason="has no context policy")
-    if local_only and info.locality == "cloud":
-        return Rejection(
-            model=info.id,
-            code=Code.LOCAL_ONLY_VIOLATION,
-            reason="is a cloud model and local_only is in force",
-        )
-    if info.model.premium:
-        job = policy.doc.jobs.get(req.job) if req.job else None
-        if job is None or info.id not in job.premium_allowlist:
-            who = f"job {req.job!r}" if req.job else "a request with no job"
-            return Rejection(
-                model=info.id,
-                code=Code.NOT_ALLOWLISTED,
-                reason=f"is premium and not on the allowlist of {who}",
-            )
     estimate = req.signals.get("context_estimate")
-    needed = int(estimate) if isinstance(estimate, int | float) and estimate else 0
-    if needed > info.max_input_tokens:
-        return Rejection(
-            model=info.id,
-            code=Code.OVER_BUDGET,
-            reason=f"accepts {info.max_input_tokens:,} input tokens; the context is {needed:,}",
-        )
-    max_out = req.max_output_tokens or policy.doc.defaults.max_output_tokens
-    cost = info.worst_case_cost_micro(needed, max_out)
-    for line in policy.budgets_touching(
-        job=req.job, role=req.role, model=info.id, provider=info.model.provider
-    ):
-        used = snapshot.get(line.id)
-        if line.usd_micro is not None and cost > line.usd_micro - used.spent_micro - (
-            used.reserved_micro
-        ):
-            return Rejection(
-                model=info.id,
-                code=Code.BUDGET_EXHAUSTED,
-                reason=f"budget {line.id} cannot cover the worst case",
-            )
-    return None
+    needed = int(estimate) if isinstance(estimate, int | float) else 0
+    refusal = check_model(
+        info,
+        policy=policy,
+        job_name=req.job,
+        role=req.role,
+        local_only=local_only,
+        input_tokens=max(needed, 0),
+        max_output=req.max_output_tokens or policy.doc.defaults.max_output_tokens,
+        snapshot=snapshot,
+    )
+    if refusal is None:
+        return None
+    return Rejection(model=info.id, code=refusal.code, reason=refusal.reason)
 
 
 def escalate(

@@ -79,7 +79,9 @@ def _validate(request: RouteRequest, policy: Policy) -> None:
         raise RequestError("max_output_tokens must be >= 1", code=Code.INVALID_ARGUMENT)
 
 
-class _Refusal:
+class Refusal:
+    """Why one model may not take a call; ``stage`` orders how far it got."""
+
     __slots__ = ("code", "reason", "stage")
 
     def __init__(self, code: Code, reason: str) -> None:
@@ -88,35 +90,36 @@ class _Refusal:
         self.stage = _STAGES.index(code)
 
 
-def _check(
+def check_model(
     info: ModelInfo,
     *,
     policy: Policy,
-    request: RouteRequest,
-    needs: frozenset[str],
-    local_only: bool,
+    job_name: str | None,
     role: str | None,
+    local_only: bool,
     input_tokens: int,
     max_output: int,
     snapshot: BudgetSnapshot,
-) -> _Refusal | None:
+    needs: frozenset[str] = frozenset(),
+) -> Refusal | None:
+    """Every policy check one model must pass for one call, in a fixed order."""
     model = info.model
     if not needs <= info.capabilities:
         missing = ", ".join(sorted(needs - info.capabilities))
-        return _Refusal(Code.NO_SUFFICIENT_MODEL, f"lacks capabilities: {missing}")
+        return Refusal(Code.NO_SUFFICIENT_MODEL, f"lacks capabilities: {missing}")
     if info.max_input_tokens is None:
-        return _Refusal(
+        return Refusal(
             Code.NO_POLICY, "has no context policy (context_window + reserve_tokens): fail closed"
         )
     if local_only and info.locality == "cloud":
-        return _Refusal(Code.LOCAL_ONLY_VIOLATION, "is a cloud model and local_only is in force")
+        return Refusal(Code.LOCAL_ONLY_VIOLATION, "is a cloud model and local_only is in force")
     if model.premium:
-        job = policy.doc.jobs.get(request.job) if request.job else None
+        job = policy.doc.jobs.get(job_name) if job_name else None
         if job is None or info.id not in job.premium_allowlist:
-            who = f"job {request.job!r}" if request.job else "a request with no job"
-            return _Refusal(Code.NOT_ALLOWLISTED, f"is premium and not on the allowlist of {who}")
+            who = f"job {job_name!r}" if job_name else "a request with no job"
+            return Refusal(Code.NOT_ALLOWLISTED, f"is premium and not on the allowlist of {who}")
     if input_tokens > info.max_input_tokens:
-        return _Refusal(
+        return Refusal(
             Code.OVER_BUDGET,
             f"input is {input_tokens:,} tokens; {info.id} accepts {info.max_input_tokens:,} "
             f"({model.context_window:,} window - {model.reserve_tokens:,} reserve)",
@@ -125,13 +128,13 @@ def _check(
         cost = info.worst_case_cost_micro(input_tokens, max_output)
         tokens = input_tokens + max_output
         for line in policy.budgets_touching(
-            job=request.job, role=role, model=info.id, provider=model.provider
+            job=job_name, role=role, model=info.id, provider=model.provider
         ):
             used = snapshot.get(line.id)
             if line.usd_micro is not None:
                 left = line.usd_micro - used.spent_micro - used.reserved_micro
                 if cost > left:
-                    return _Refusal(
+                    return Refusal(
                         Code.BUDGET_EXHAUSTED,
                         f"worst case ${cost / 1e6:,.6f} exceeds what budget {line.id} has left "
                         f"(${max(left, 0) / 1e6:,.6f})",
@@ -139,7 +142,7 @@ def _check(
             if line.tokens is not None:
                 left = line.tokens - used.spent_tokens - used.reserved_tokens
                 if tokens > left:
-                    return _Refusal(
+                    return Refusal(
                         Code.BUDGET_EXHAUSTED,
                         f"{tokens:,} tokens exceed what budget {line.id} has left "
                         f"({max(left, 0):,})",
@@ -228,13 +231,13 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
     max_output = request.max_output_tokens or doc.defaults.max_output_tokens
 
     rejected: list[Rejection] = []
-    best: tuple[_Refusal, ModelInfo] | None = None
+    best: tuple[Refusal, ModelInfo] | None = None
     chosen: ModelInfo | None = None
     for info in candidates:
-        refusal = _check(
+        refusal = check_model(
             info,
             policy=policy,
-            request=request,
+            job_name=request.job,
             needs=needs,
             local_only=local_only,
             role=role or _role_for(policy, info.id),

@@ -1,24 +1,26 @@
 """The MCP server: four tools and the policy/roles/tasks resources.
 
+(No `from __future__ import annotations` here: the SDK evaluates tool annotations,
+and run_role's Resolve parameter refers to a local resolver.)
+
 Tool functions are thin: they turn flat, typed arguments into service calls.
 ``_boundary`` is the single place where errors become MCP tool errors
 (``isError`` with ``CODE: sentence``); nothing else catches broadly.
 """
-
-from __future__ import annotations
 
 import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from rolegate import __version__
 from rolegate.errors import Code, RolegateError
+from rolegate.server.consent import ConsentForm, consent_from, make_resolver
 from rolegate.server.logs import get_logger
 from rolegate.server.models import BudgetReport, EscalateResult, RouteResult, RunResult
 from rolegate.server.service import Rolegate
@@ -103,6 +105,8 @@ def build_server(service: Rolegate) -> MCPServer:
     def hash_() -> str:
         return service.policy.hash
 
+    resolve_consent = make_resolver(service)
+
     async def route_task(
         task: Annotated[str, Field(description="What the work is, in words; used to classify it.")],
         job: Annotated[str | None, Field(description="Job name from the policy.")] = None,
@@ -138,6 +142,7 @@ def build_server(service: Rolegate) -> MCPServer:
     async def run_role(
         role: Annotated[str, Field(description="Role name from the policy.")],
         ctx: Context,
+        consent: Annotated[ElicitationResult[ConsentForm], Resolve(resolve_consent)],
         prompt: Annotated[
             str | None, Field(description="The user prompt (or use messages).")
         ] = None,
@@ -161,6 +166,7 @@ def build_server(service: Rolegate) -> MCPServer:
     ) -> Annotated[CallToolResult, RunResult]:
         async def call() -> BaseModel:
             return await service.run_role(
+                consent=consent_from(consent),
                 role=role,
                 prompt=prompt,
                 messages=messages,

@@ -9,7 +9,7 @@ import secrets
 import sys
 from typing import Any
 
-from rolegate.errors import PolicyError
+from rolegate.errors import PolicyError, RolegateError
 from rolegate.policy import Policy, load_default_policy, load_policy
 from rolegate.server.logs import configure_logging, get_logger
 
@@ -88,7 +88,11 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     from rolegate.server.bootstrap import build_service
 
-    service = build_service(policy, block=args.block, ledger_url=args.ledger)
+    try:
+        service = build_service(policy, block=args.block)
+    except RolegateError as exc:
+        print(f"rolegate: {exc}", file=sys.stderr)
+        return 1
     from rolegate.server.app import build_server
 
     server = build_server(service)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from rolegate.errors import Code, ProviderError, RequestError
+from rolegate.errors import Code, ProviderError, RefusedError, RequestError
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
 from rolegate.policy.decision import PolicyRef, Risk, ScopeUsage
 from rolegate.policy.escalation import EscalationRequest, SignalValue, escalate
@@ -25,6 +26,27 @@ from rolegate.server.tasks import TaskStore
 from rolegate.server.windows import utcnow, window_reset
 
 MAX_REMEMBERED_DECISIONS = 10_000
+PROBE_TTL_S = 2.0
+
+
+def consent_message(failed: str, alternate: str, reason: str) -> str:
+    return (
+        f"{failed} is unavailable ({reason}). The policy says to ask before switching. "
+        f"Run this on {alternate} instead?"
+    )
+
+
+def _can_elicit_now(ctx: Any) -> bool:
+    caps = getattr(ctx, "client_capabilities", None)
+    version = str(getattr(ctx, "protocol_version", "") or "")
+    # The 2026-07-28 era has no server-to-client requests; consent is asked up front there.
+    return caps is not None and caps.elicitation is not None and not version.startswith("2026")
+
+
+class UsageLike(Protocol):
+    description: str
+
+    def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot: ...
 
 
 class UsageSource:
@@ -39,6 +61,24 @@ class UsageSource:
 class RunnerLike(Protocol):
     async def run(self, service: Rolegate, **kwargs: Any) -> RunResult: ...
 
+    async def probe(self, model: str) -> bool: ...
+
+
+class Ledger(Protocol):
+    """The part of rolegate.ledger.Ledger the service uses."""
+
+    description: str
+
+    def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot: ...
+
+    def reserve(self, **kwargs: Any) -> None: ...
+
+    def commit(self, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None: ...
+
+    def release(self, request_id: str, now: datetime) -> None: ...
+
+    def audit(self, record: Mapping[str, object]) -> None: ...
+
 
 class Rolegate:
     """The server's state: the active policy, recent decisions, usage and the clock."""
@@ -47,16 +87,23 @@ class Rolegate:
         self,
         policy: Policy,
         *,
-        usage: UsageSource | None = None,
+        usage: UsageLike | None = None,
         clock: Callable[[], datetime] = utcnow,
         runner: RunnerLike | None = None,
+        ledger: Ledger | None = None,
+        role_prompts: Mapping[str, str] | None = None,
     ) -> None:
         self.policy = policy
-        self.usage = usage or UsageSource()
+        self.usage: UsageLike = usage or UsageSource()
         self.clock = clock
         self._decisions: OrderedDict[str, Decision] = OrderedDict()
         self.tasks = TaskStore()
         self.runner = runner
+        self.ledger = ledger
+        if ledger is not None:
+            self.usage = ledger
+        self.role_prompts = dict(role_prompts or {})
+        self._probe_cache: dict[str, tuple[float, bool]] = {}
 
     @property
     def policy_ref(self) -> PolicyRef:
@@ -256,6 +303,70 @@ class Rolegate:
                 "no provider plugins are loaded in this server", code=Code.PROVIDER_UNAVAILABLE
             )
         return await self.runner.run(self, **kwargs)
+
+    def default_system_prompt(self, role: str) -> str | None:
+        """The role kind's prompt (critic, judge) when the caller gives none."""
+        authority = self.policy.doc.roles[role].authority
+        kind = {"sidecar": "critic", "judge": "judge"}.get(authority)
+        return self.role_prompts.get(kind) if kind else None
+
+    def check_owner(self, task_id: str, stage: str, role: str, model: str) -> None:
+        """One authoritative output per stage; a second only through an escalation."""
+        authority = self.policy.doc.roles[role].authority
+        if authority == "sidecar":
+            return
+        declared = {s.name: s for s in self.policy.doc.pipeline.stages}
+        if stage in declared and declared[stage].owner != role:
+            raise RefusedError(
+                f"stage {stage!r} is owned by role {declared[stage].owner!r}; role {role!r} "
+                "cannot write it (one owner per stage; no consensus)",
+                code=Code.CONSENSUS_FORBIDDEN,
+            )
+        current = self.tasks.stage_owner(task_id, stage)
+        if current is not None and current["model"] == model:
+            raise RefusedError(
+                f"stage {stage!r} of task {task_id!r} already has its owner output (from "
+                f"{current['model']}); a second authoritative run needs an escalation first",
+                code=Code.CONSENSUS_FORBIDDEN,
+            )
+
+    def audit(self, record: Mapping[str, object]) -> None:
+        if self.ledger is not None:
+            self.ledger.audit(record)
+
+    async def ask_consent(self, ctx: Any, failed: str, alternate: str, reason: str) -> bool | None:
+        """Ask mid-call through ctx.elicit (handshake era only); None when the client can't."""
+        if ctx is None or not _can_elicit_now(ctx):
+            return None
+        from rolegate.server.consent import ConsentForm, elicit_consent
+
+        answer = await elicit_consent(ctx, consent_message(failed, alternate, reason), ConsentForm)
+        self.audit(
+            {
+                "kind": "consent",
+                "model": failed,
+                "to_model": alternate,
+                "code": "GRANTED" if answer else "DECLINED",
+                "policy_hash": self.policy.hash,
+            }
+        )
+        return answer
+
+    async def consent_needed(self, role: str) -> tuple[str, str] | None:
+        """(primary, alternate) when ``role`` asks before falling back and its model is down."""
+        role_def = self.policy.doc.roles.get(role)
+        if role_def is None or role_def.fallback.mode != "ask" or not role_def.fallback.models:
+            return None
+        if self.runner is None:
+            return None
+        now = time.monotonic()
+        cached = self._probe_cache.get(role_def.model)
+        if cached is not None and now - cached[0] < PROBE_TTL_S:
+            up = cached[1]
+        else:
+            up = await self.runner.probe(role_def.model)
+            self._probe_cache[role_def.model] = (now, up)
+        return None if up else (role_def.model, role_def.fallback.models[0])
 
     # -- resources ----------------------------------------------------------
     def roles_overview(self) -> dict[str, Any]:

@@ -53,6 +53,49 @@ class TaskStore:
                 }
             )
 
+    def current_model(self, task_id: str, role: str) -> str | None:
+        """The model an escalation moved ``role`` to on this task, if any."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return None
+            moves = [e for e in task["escalations"] if e["role"] == role]
+            return moves[-1]["to_model"] if moves else None
+
+    def stage_owner(self, task_id: str, stage: str) -> dict[str, Any] | None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return None if task is None else task["stages"].get(stage)
+
+    def record_run(
+        self,
+        task_id: str,
+        stage: str | None,
+        role: str,
+        authority: str,
+        model: str,
+        request_id: str,
+        *,
+        contract_valid: bool | None,
+    ) -> None:
+        entry = {
+            "role": role,
+            "model": model,
+            "request_id": request_id,
+            "authority": authority,
+            "contract_valid": contract_valid,
+        }
+        with self._lock:
+            task = self._task(task_id)
+            if authority == "sidecar":
+                task["critiques"].append({**entry, "stage": stage, "authoritative": False})
+                return
+            if stage is None:
+                return
+            previous = task["stages"].get(stage)
+            history = [*previous["replaced"], previous["model"]] if previous else []
+            task["stages"][stage] = {**entry, "authoritative": True, "replaced": history}
+
     def view(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
             task = self._tasks.get(task_id)

@@ -155,7 +155,7 @@ class OllamaClient:
         return sorted(m.model for m in listing.models if m.model)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.close()  # type: ignore[no-untyped-call]
 
 
 class OllamaProviderType:

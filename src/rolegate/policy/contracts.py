@@ -1,0 +1,45 @@
+"""Checking a role's output against its contract (a JSON object with required keys)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rolegate.policy.schema import Contract
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class ContractResult:
+    valid: bool
+    structured: dict[str, Any] | None
+    errors: tuple[str, ...]
+    confidence: float | None = None
+
+
+def check_output(contract: Contract, text: str) -> ContractResult:
+    """Parse ``text`` as the contract's JSON object; report every violation."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ContractResult(False, None, (f"not JSON: {exc.msg} at line {exc.lineno}",))
+    if not isinstance(data, dict):
+        return ContractResult(False, None, (f"expected a JSON object, got {type(data).__name__}",))
+    errors = [f"missing required key {k!r}" for k in contract.required if k not in data]
+    confidence: float | None = None
+    if contract.confidence_field is not None and contract.confidence_field in data:
+        value = data[contract.confidence_field]
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+            confidence = float(value)
+        else:
+            errors.append(f"{contract.confidence_field!r} must be a number from 0 to 1")
+    if errors:
+        return ContractResult(False, None, tuple(errors), confidence)
+    return ContractResult(True, data, (), confidence)

@@ -1,0 +1,151 @@
+"""Turning a finished provider call into a RunResult: usage, cost, contract, escalation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rolegate.plugins.base import ChatResult
+from rolegate.policy import Policy
+from rolegate.policy.compiled import ModelInfo
+from rolegate.policy.contracts import check_output
+from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
+from rolegate.server.logs import get_logger
+from rolegate.server.models import ContractReport, FallbackInfo, RunResult, Usage
+
+if TYPE_CHECKING:
+    from rolegate.server.service import Rolegate
+
+log = get_logger()
+
+
+def contract_report(
+    policy: Policy, role: str, text: str
+) -> tuple[ContractReport | None, dict[str, Any] | None, float | None]:
+    name = policy.doc.roles[role].output_contract
+    if name is None:
+        return None, None, None
+    checked = check_output(policy.doc.contracts[name], text)
+    report = ContractReport(name=name, valid=checked.valid, errors=list(checked.errors))
+    return report, checked.structured, checked.confidence
+
+
+def output_escalation(
+    policy: Policy, role: str, job: str | None, confidence: float | None, current_step: int
+) -> EscalationDecision | None:
+    """The escalation the output's own confidence triggers, if a predicate fires."""
+    if confidence is None or not policy.doc.roles[role].escalation.when:
+        return None
+    decision = escalate(
+        EscalationRequest(
+            role=role, signals={"confidence": confidence}, job=job, current_step=current_step
+        ),
+        policy,
+    )
+    return decision if decision.fired else None
+
+
+def usage_of(call_input: int, exact: bool, max_output: int, result: ChatResult) -> Usage:
+    if result.output_tokens is None:
+        return Usage(
+            input_tokens=call_input,
+            output_tokens=max_output,
+            input_exact=exact,
+            charged_at_worst_case=True,
+        )
+    inp = result.input_tokens if result.input_tokens is not None else call_input
+    return Usage(
+        input_tokens=inp,
+        output_tokens=result.output_tokens,
+        input_exact=exact or result.input_tokens is not None,
+    )
+
+
+def finish_run(
+    service: Rolegate,
+    *,
+    role: str,
+    job: str | None,
+    info: ModelInfo,
+    request_id: str,
+    input_tokens: int,
+    input_exact: bool,
+    max_output: int,
+    result: ChatResult,
+    latency_s: float,
+    fallback: FallbackInfo | None,
+    decision_id: str | None,
+    task_id: str | None,
+    stage: str | None,
+) -> RunResult:
+    policy = service.policy
+    usage = usage_of(input_tokens, input_exact, max_output, result)
+    cost = info.worst_case_cost_micro(usage.input_tokens, usage.output_tokens)
+    report, structured, confidence = contract_report(policy, role, result.text)
+    step = service.tasks.escalation_step(task_id, role) if task_id else 0
+    escalation = output_escalation(policy, role, job, confidence, step)
+    authority = policy.doc.roles[role].authority
+    if task_id:
+        service.tasks.record_run(
+            task_id,
+            stage,
+            role,
+            authority,
+            info.id,
+            request_id,
+            contract_valid=None if report is None else report.valid,
+        )
+    record = {
+        "kind": "call",
+        "request_id": request_id,
+        "decision_id": decision_id,
+        "task_id": task_id,
+        "stage": stage,
+        "role": role,
+        "job": job,
+        "model": info.id,
+        "provider": info.model.provider,
+        "policy_hash": policy.hash,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_micro": cost,
+        "code": "OK",
+        "ms": round(latency_s * 1000, 3),
+        "fallback_from": fallback.from_model if fallback else None,
+    }
+    service.audit(record)
+    log.info(
+        "run_role",
+        role=role,
+        model=info.id,
+        policy_hash=policy.hash,
+        max_input_tokens=info.max_input_tokens,
+        reserve_tokens=info.model.reserve_tokens,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_micro=cost,
+        ms=record["ms"],
+        contract_valid=None if report is None else report.valid,
+        escalation=None if escalation is None else escalation.code,
+    )
+    return RunResult(
+        output=result.text,
+        structured=structured,
+        contract=report,
+        role=role,
+        model=info.id,
+        provider=info.model.provider,
+        provider_model=info.model.name,
+        locality=info.locality,
+        usage=usage,
+        cost_micro=cost,
+        latency_ms=round(latency_s * 1000, 3),
+        ttft_ms=None if result.ttft_s is None else round(result.ttft_s * 1000, 3),
+        streamed=result.streamed,
+        fallback=fallback,
+        escalation=escalation,
+        request_id=request_id,
+        decision_id=decision_id,
+        task_id=task_id,
+        stage=stage,
+        policy=service.policy_ref,
+    )

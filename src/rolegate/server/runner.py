@@ -1,0 +1,442 @@
+"""run_role: resolve the model, enforce every rule, call the provider, account for it.
+
+Order: validate -> pick the model (escalated owner, else the role's) -> count input
+tokens (exact where the server can, else the policy's conservative estimate) ->
+admission (locality, allowlist, context + reserve, budgets) -> reserve in the
+ledger -> concurrency lanes -> provider call (streaming progress to the client
+where the channel allows) -> commit what was used -> contract and escalation.
+A fallback happens only along the role's declared chain; an "ask" chain needs
+the user's consent, obtained through MCP elicitation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import anyio
+
+from rolegate.errors import Code, ProviderError, RefusedError, RequestError
+from rolegate.plugins.base import ChatRequest, ChatResult, Message, ProviderClient
+from rolegate.plugins.manager import Registry
+from rolegate.policy import Policy
+from rolegate.policy.compiled import ModelInfo
+from rolegate.policy.router import check_model
+from rolegate.policy.tokens import estimate_tokens
+from rolegate.server.logs import get_logger
+from rolegate.server.models import FallbackInfo, RunResult
+from rolegate.server.outcome import finish_run
+
+if TYPE_CHECKING:
+    from rolegate.server.service import Rolegate
+
+log = get_logger()
+Role = Literal["system", "user", "assistant"]
+OWNER = f"pid{os.getpid()}:{uuid.uuid4().hex[:8]}"
+MAX_PROMPT_CHARS = 4_000_000
+LEASE_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """The user's answer about switching to a fallback model."""
+
+    granted: bool
+    asked: bool
+
+
+@dataclass(slots=True)
+class _Call:
+    """One provider call's bookkeeping (never any text)."""
+
+    request_id: str
+    info: ModelInfo
+    input_tokens: int
+    input_exact: bool
+    max_output: int
+    reserved: bool = False
+
+
+def _messages(
+    prompt: str | None, messages: list[dict[str, str]] | None, system: str | None
+) -> list[Message]:
+    if (prompt is None) == (messages is None):
+        raise RequestError("give exactly one of prompt or messages", code=Code.INVALID_ARGUMENT)
+    out: list[Message] = []
+    if system:
+        out.append(Message("system", system))
+    if prompt is not None:
+        if not prompt.strip():
+            raise RequestError("prompt is empty", code=Code.INVALID_ARGUMENT)
+        out.append(Message("user", prompt))
+    else:
+        assert messages is not None
+        if not messages:
+            raise RequestError("messages is empty", code=Code.INVALID_ARGUMENT)
+        for i, m in enumerate(messages):
+            role, content = m.get("role"), m.get("content")
+            if role not in ("system", "user", "assistant") or not isinstance(content, str):
+                raise RequestError(
+                    f"messages[{i}] needs role (system, user or assistant) and content (text)",
+                    code=Code.INVALID_ARGUMENT,
+                )
+            out.append(Message(cast(Role, role), content))
+    if sum(len(m.content) for m in out) > MAX_PROMPT_CHARS:
+        raise RequestError(
+            f"input is over {MAX_PROMPT_CHARS:,} characters; no model here accepts it",
+            code=Code.OVER_BUDGET,
+        )
+    return out
+
+
+class Runner:
+    """Runs roles on real providers; one per server process."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        registry: Registry,
+        *,
+        env: Mapping[str, str] | None = None,
+        transports: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.registry = registry
+        self.env = os.environ if env is None else env
+        self.transports = dict(transports or {})
+        self._clients: dict[str, ProviderClient] = {}
+        self._model_slots = {
+            mid: anyio.CapacityLimiter(info.model.max_concurrency)
+            for mid, info in policy.models.items()
+        }
+        lanes = policy.doc.lanes
+        self._lanes = {
+            name: anyio.CapacityLimiter(limit)
+            for name, limit in (("heavy", lanes.heavy), ("light", lanes.light))
+            if limit is not None
+        }
+
+    def missing_provider_types(self) -> list[str]:
+        types = {p.type for p in self.policy.doc.providers.values()}
+        return sorted(types - set(self.registry.providers))
+
+    def client(self, provider: str) -> ProviderClient:
+        found = self._clients.get(provider)
+        if found is not None:
+            return found
+        config = self.policy.doc.providers[provider]
+        ptype = self.registry.providers.get(config.type)
+        if ptype is None:
+            raise ProviderError(
+                f"no plugin provides provider type {config.type!r} (provider {provider!r})",
+                code=Code.PROVIDER_UNAVAILABLE,
+            )
+        api_key = None
+        if config.api_key_env is not None:
+            api_key = self.env.get(config.api_key_env)
+            if not api_key:
+                raise ProviderError(
+                    f"provider {provider!r} needs an API key: set {config.api_key_env}",
+                    code=Code.PROVIDER_UNAVAILABLE,
+                )
+        client = ptype.create(config, api_key=api_key, transport=self.transports.get(provider))
+        self._clients[provider] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    async def count(self, info: ModelInfo, messages: list[Message]) -> tuple[int, bool]:
+        exact = await self.client(info.model.provider).count_tokens(info.model.name, messages)
+        if exact is not None:
+            return exact.tokens, True
+        settings = self.policy.doc.token_estimate
+        text = "\n".join(m.content for m in messages)
+        return estimate_tokens(text, settings, messages=len(messages)), False
+
+    async def admit(
+        self,
+        service: Rolegate,
+        info: ModelInfo,
+        messages: list[Message],
+        *,
+        role: str,
+        job: str | None,
+        max_output: int,
+    ) -> _Call:
+        tokens, exact = await self.count(info, messages)
+        refusal = check_model(
+            info,
+            policy=self.policy,
+            job_name=job,
+            role=role,
+            local_only=self.policy.is_local_only(job),
+            input_tokens=tokens,
+            max_output=max_output,
+            snapshot=service.snapshot(),
+        )
+        if refusal is not None:
+            text = (
+                refusal.reason
+                if refusal.code == Code.OVER_BUDGET
+                else f"{info.id} {refusal.reason}"
+            )
+            raise RefusedError(text, code=refusal.code)
+        call = _Call("req_" + uuid.uuid4().hex, info, tokens, exact, max_output)
+        if service.ledger is not None:
+            lines = self.policy.budgets_touching(
+                job=job, role=role, model=info.id, provider=info.model.provider
+            )
+            timeout = (
+                info.model.timeout_s or self.policy.doc.providers[info.model.provider].timeout_s
+            )
+            await anyio.to_thread.run_sync(
+                lambda: service.ledger.reserve(  # type: ignore[union-attr]
+                    request_id=call.request_id,
+                    owner=OWNER,
+                    lines=lines,
+                    cost_micro=info.worst_case_cost_micro(tokens, max_output),
+                    tokens=tokens + max_output,
+                    now=service.clock(),
+                    lease_s=timeout + LEASE_MARGIN_S,
+                )
+            )
+            call.reserved = True
+        return call
+
+    async def invoke(
+        self, service: Rolegate, call: _Call, messages: list[Message], *, stream_to: Any
+    ) -> ChatResult:
+        info = call.info
+        provider = self.policy.doc.providers[info.model.provider]
+        timeout = info.model.timeout_s or provider.timeout_s
+        request = ChatRequest(
+            model=info.model.name,
+            messages=messages,
+            max_output_tokens=call.max_output,
+            timeout_s=timeout,
+            stream=True,
+        )
+        chunks = 0
+
+        async def on_delta(delta: str) -> None:
+            nonlocal chunks
+            chunks += 1
+            if stream_to is not None:
+                await stream_to.report_progress(chunks, None, delta)
+
+        result: ChatResult | None = None
+        partial: int | None = None
+        try:
+            async with self._model_slots[info.id], self._lane(info):
+                result = await self.client(info.model.provider).chat(request, on_delta)
+        except ProviderError as exc:
+            partial = exc.partial_output_tokens
+            raise
+        else:
+            return result
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._settle(
+                    service, call, result, partial if result is None else None, chunks
+                )
+
+    def _lane(self, info: ModelInfo) -> Any:
+        lane = self._lanes.get(info.model.weight) if info.locality == "local" else None
+        return lane if lane is not None else _NoLane()
+
+    async def _settle(
+        self,
+        service: Rolegate,
+        call: _Call,
+        result: ChatResult | None,
+        partial: int | None,
+        chunks: int,
+    ) -> None:
+        """Commit what was used: real usage, worst case if unreported, partial on a break."""
+        if service.ledger is None or not call.reserved:
+            return
+        ledger = service.ledger
+        now = service.clock()
+        if result is None and partial is None and chunks == 0:
+            await anyio.to_thread.run_sync(lambda: ledger.release(call.request_id, now))
+            return
+        if result is not None and result.output_tokens is not None:
+            inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
+            out = result.output_tokens
+        elif result is not None:
+            inp, out = call.input_tokens, call.max_output  # no usage reported: worst case
+        else:
+            inp, out = call.input_tokens, max(partial or 0, chunks)
+        cost = call.info.worst_case_cost_micro(inp, out)
+        await anyio.to_thread.run_sync(
+            lambda: ledger.commit(call.request_id, cost_micro=cost, tokens=inp + out, now=now)
+        )
+
+    async def run(self, service: Rolegate, **kw: Any) -> RunResult:
+        return await run_role(self, service, **kw)
+
+    async def probe(self, model: str) -> bool:
+        """Is the model's server reachable? A short model listing, for ask-first fallbacks."""
+        info = self.policy.models[model]
+        connect = self.policy.doc.providers[info.model.provider].connect_timeout_s
+        try:
+            with anyio.fail_after(connect):
+                await self.client(info.model.provider).list_models()
+        except (ProviderError, TimeoutError):
+            return False
+        return True
+
+
+class _NoLane:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def run_role(
+    runner: Runner,
+    service: Rolegate,
+    *,
+    role: str,
+    prompt: str | None = None,
+    messages: list[dict[str, str]] | None = None,
+    system: str | None = None,
+    job: str | None = None,
+    task_id: str | None = None,
+    stage: str | None = None,
+    decision_id: str | None = None,
+    max_output_tokens: int | None = None,
+    channel: str | None = None,
+    ctx: Any = None,
+    consent: Consent | None = None,
+) -> RunResult:
+    policy = runner.policy
+    doc = policy.doc
+    role_def = doc.roles.get(role)
+    if role_def is None:
+        raise RequestError(
+            f"unknown role {role!r}; the policy defines {sorted(doc.roles)}", code=Code.UNKNOWN_ROLE
+        )
+    if job is not None and job not in doc.jobs:
+        raise RequestError(f"unknown job {job!r}", code=Code.UNKNOWN_JOB)
+    if job is not None and doc.jobs[job].script_only:
+        raise RefusedError(
+            f"job {job!r} is script-only: it runs without any model", code=Code.SCRIPT_ONLY
+        )
+    if channel is not None and channel not in doc.channels:
+        raise RequestError(f"unknown channel {channel!r}", code=Code.UNKNOWN_CHANNEL)
+    if decision_id is not None:
+        decision = service.decision(decision_id)
+        if decision.outcome != "route" or decision.role != role:
+            raise RequestError(
+                f"decision {decision_id} routed role {decision.role!r} with outcome "
+                f"{decision.outcome!r}; it cannot run role {role!r}",
+                code=Code.INVALID_ARGUMENT,
+            )
+    if stage is not None and task_id is None:
+        raise RequestError(
+            "a stage belongs to a task: pass task_id too", code=Code.INVALID_ARGUMENT
+        )
+    chat = _messages(prompt, messages, system or service.default_system_prompt(role))
+    model_id = service.tasks.current_model(task_id, role) if task_id else None
+    info = policy.models[model_id or role_def.model]
+    if task_id and stage:
+        service.check_owner(task_id, stage, role, info.id)
+    max_output = max_output_tokens or doc.defaults.max_output_tokens
+    ch = channel or doc.defaults.channel
+    streaming = ch is None or (
+        doc.channels[ch].streaming
+        and info.model.streaming.get(ch, info.model.streaming.get(doc.channels[ch].kind, False))
+    )
+    started = time.perf_counter()
+    fallback: FallbackInfo | None = None
+    call = await runner.admit(service, info, chat, role=role, job=job, max_output=max_output)
+    try:
+        result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+    except ProviderError as exc:
+        step = await _fallback(runner, service, role, exc, info, ctx, consent)
+        if step is None:
+            raise
+        next_info, how = step
+        fallback = FallbackInfo(
+            from_model=info.id, to_model=next_info.id, reason=str(exc.code), consent=how
+        )
+        log.warning(
+            "fallback",
+            role=role,
+            from_model=info.id,
+            to_model=next_info.id,
+            reason=str(exc.code),
+            consent=how,
+            policy_hash=policy.hash,
+        )
+        call = await runner.admit(
+            service, next_info, chat, role=role, job=job, max_output=max_output
+        )
+        result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+    return finish_run(
+        service,
+        role=role,
+        job=job,
+        info=call.info,
+        request_id=call.request_id,
+        input_tokens=call.input_tokens,
+        input_exact=call.input_exact,
+        max_output=max_output,
+        result=result,
+        latency_s=time.perf_counter() - started,
+        fallback=fallback,
+        decision_id=decision_id,
+        task_id=task_id,
+        stage=stage,
+    )
+
+
+async def _fallback(
+    runner: Runner,
+    service: Rolegate,
+    role: str,
+    exc: ProviderError,
+    failed: ModelInfo,
+    ctx: Any,
+    consent: Consent | None,
+) -> tuple[ModelInfo, str] | None:
+    """The declared next model and how the switch was approved, or None (re-raise)."""
+    fb = runner.policy.doc.roles[role].fallback
+    if str(exc.code) not in fb.on or failed.id not in (
+        runner.policy.doc.roles[role].model,
+        *fb.models,
+    ):
+        return None
+    chain = [runner.policy.doc.roles[role].model, *fb.models]
+    index = chain.index(failed.id)
+    if index + 1 >= len(chain):
+        return None
+    nxt = runner.policy.models[chain[index + 1]]
+    if fb.mode == "auto":
+        return nxt, "auto"
+    if consent is not None and consent.asked:
+        if consent.granted:
+            return nxt, "user"
+        raise RefusedError(
+            f"{failed.id} failed ({exc.code}); the user declined switching to {nxt.id}",
+            code=Code.NEEDS_CONSENT,
+        )
+    granted = await service.ask_consent(ctx, failed.id, nxt.id, str(exc.code))
+    if granted is True:
+        return nxt, "user"
+    reason = "the user declined" if granted is False else "this client cannot be asked"
+    raise RefusedError(
+        f"{failed.id} failed ({exc.code}) and the policy says ask before switching to "
+        f"{nxt.id}; {reason}. Retry after consenting to {nxt.id}, or wait for {failed.id}",
+        code=Code.NEEDS_CONSENT,
+    )
