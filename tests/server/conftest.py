@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterator
+
+import pytest
+from mcp.server.mcpserver import MCPServer
+
+from rolegate.policy import Policy
+from rolegate.server.app import build_server
+from rolegate.server.bootstrap import build_service
+from rolegate.server.logs import configure_logging
+from rolegate.server.service import Rolegate
+
+ERAS = ["legacy", "2026-07-28"]
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure_logging("DEBUG", stream=stream)
+    yield stream
+    configure_logging("WARNING")
+
+
+@pytest.fixture
+def sophie_service(sophie: Policy, log_stream: io.StringIO) -> Rolegate:
+    return build_service(sophie, env={})
+
+
+@pytest.fixture
+def sophie_server(sophie_service: Rolegate) -> MCPServer:
+    return build_server(sophie_service)
+
+
+@pytest.fixture
+def codex_server(codex_rs: Policy, log_stream: io.StringIO) -> MCPServer:
+    return build_server(build_service(codex_rs, env={}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
