@@ -43,8 +43,10 @@ async def test_tools_are_listed_flat_typed_and_annotated(
         assert tool.output_schema is not None
         assert tool.description
     ann = {name: t.annotations for name, t in tools.items()}
-    assert ann["route_task"].read_only_hint and ann["route_task"].idempotent_hint
-    assert ann["check_budget"].read_only_hint and ann["check_budget"].idempotent_hint
+    assert ann["route_task"].read_only_hint
+    assert ann["route_task"].idempotent_hint
+    assert ann["check_budget"].read_only_hint
+    assert ann["check_budget"].idempotent_hint
     assert ann["run_role"].open_world_hint is True
     assert ann["escalate"].read_only_hint is False
     risk = tools["route_task"].input_schema["properties"]["risk"]
