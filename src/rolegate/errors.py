@@ -11,7 +11,8 @@
     │                             NOT_ALLOWLISTED, BUDGET_EXHAUSTED, NEEDS_CONSENT, ...)
     ├── ProviderError             the model server failed: PROVIDER_UNAVAILABLE,
     │                             PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE
-    └── LedgerError               the budget ledger cannot be used (BUDGET_UNAVAILABLE)
+    ├── LedgerError               the budget ledger cannot be used (BUDGET_UNAVAILABLE)
+    └── PluginError               a plugin failed to load, or two claim one name (PLUGIN_ERROR)
 
 The MCP tool layer is the one place that turns these into tool errors
 (``CODE: sentence``); nothing else catches broadly.
@@ -51,6 +52,7 @@ class Code(StrEnum):
     PROVIDER_ERROR = "PROVIDER_ERROR"
     BAD_RESPONSE = "BAD_RESPONSE"
     CONTRACT_VIOLATION = "CONTRACT_VIOLATION"
+    PLUGIN_ERROR = "PLUGIN_ERROR"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -136,3 +138,9 @@ class LedgerError(RolegateError):
     """The budget ledger cannot be read or written; admission fails closed."""
 
     default_code = Code.BUDGET_UNAVAILABLE
+
+
+class PluginError(RolegateError):
+    """A plugin could not be loaded, or two plugins claim one name."""
+
+    default_code = Code.PLUGIN_ERROR

@@ -161,8 +161,11 @@ def test_http_requires_token_and_checks_origin_and_host(http_server: tuple[str, 
 @pytest.mark.parametrize("era", ERAS)
 async def test_http_client_calls_tools(http_server: tuple[str, str], era: str) -> None:
     url, token = http_server
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=era) as client:
-            result = await client.call_tool("route_task", {"task": "refactor this function"})
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        Client(streamable_http_client(url, http_client=http), mode=era) as client,
+    ):
+        result = await client.call_tool("route_task", {"task": "refactor this function"})
     assert result.structured_content["code"] == "ROUTED"
     assert result.structured_content["policy"]["name"] == "default-local-ollama"

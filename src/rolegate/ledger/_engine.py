@@ -11,12 +11,16 @@ request row -> budget line rows (by id) -> charge rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
 from rolegate.errors import Code, RequestError
 from rolegate.ledger.base import (
+    HasBudgets,
     Reservation,
     audit_json,
     lease_us,
@@ -26,7 +30,7 @@ from rolegate.ledger.base import (
     unique_lines,
 )
 from rolegate.policy.compiled import BudgetLine
-from rolegate.policy.decision import ScopeUsage
+from rolegate.policy.decision import BudgetSnapshot, ScopeUsage
 from rolegate.server.windows import window_start
 
 # BIGINT has INTEGER affinity in SQLite, so one DDL serves both; only the audit key differs.
@@ -117,7 +121,7 @@ def usage(tx: Tx, lines: Sequence[BudgetLine], now: datetime) -> dict[str, Scope
     return result
 
 
-def reserve(
+def do_reserve(
     tx: Tx,
     *,
     request_id: str,
@@ -168,7 +172,7 @@ def reserve(
         )
 
 
-def commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
+def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
     _check_amounts(cost_micro, tokens)
     found = load(tx, request_id, lock=True)
     if found is None:
@@ -196,20 +200,18 @@ def commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: dateti
     )
 
 
-def release(tx: Tx, request_id: str, now: datetime) -> None:
+def do_release(tx: Tx, request_id: str, now: datetime) -> None:
     found = load(tx, request_id, lock=True)
     if found is None or found.state != "reserved":
         return  # unknown, already released, expired or committed: nothing is held
-    tx.run(
-        "DELETE FROM rolegate_charges WHERE request_id = ? AND state = 'reserved'", [request_id]
-    )
+    tx.run("DELETE FROM rolegate_charges WHERE request_id = ? AND state = 'reserved'", [request_id])
     tx.run(
         "UPDATE rolegate_requests SET state = 'released', settled_us = ? WHERE request_id = ?",
         [to_us(now), request_id],
     )
 
 
-def sweep(tx: Tx, now: datetime) -> int:
+def do_sweep(tx: Tx, now: datetime) -> int:
     now_us = to_us(now)
     expired = [
         row[0]
@@ -221,8 +223,7 @@ def sweep(tx: Tx, now: datetime) -> int:
     ]
     for request_id in expired:
         tx.run(
-            "UPDATE rolegate_requests SET state = 'expired', settled_us = ?"
-            " WHERE request_id = ?",
+            "UPDATE rolegate_requests SET state = 'expired', settled_us = ? WHERE request_id = ?",
             [now_us, request_id],
         )
         tx.run(
@@ -246,11 +247,12 @@ def load(tx: Tx, request_id: str, *, lock: bool) -> Reservation | None:
     )
 
 
-def audit(tx: Tx, record: object, now_us: int) -> None:
-    tx.run("INSERT INTO rolegate_audit (at_us, record) VALUES (?, ?)", [now_us, record])
+def do_audit(tx: Tx, record_json: str, now_us: int) -> None:
+    """Append a record already checked and encoded by ``base.audit_json``."""
+    tx.run("INSERT INTO rolegate_audit (at_us, record) VALUES (?, ?)", [now_us, record_json])
 
 
-def recent_audit(tx: Tx, limit: int) -> list[dict[str, object]]:
+def do_recent_audit(tx: Tx, limit: int) -> list[dict[str, object]]:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     found = tx.rows("SELECT record FROM rolegate_audit ORDER BY id DESC LIMIT ?", [limit])
@@ -264,5 +266,71 @@ def _check_amounts(cost_micro: int, tokens: int) -> None:
             raise RequestError(f"{name} must be an int >= 0, got {value!r}")
 
 
-__all__ = ["SCHEMA", "Tx", "audit", "audit_json", "commit", "load", "recent_audit", "release",
-           "reserve", "sweep", "usage"]  # fmt: skip
+class SqlLedger(ABC):
+    """The Ledger interface on top of a backend's transactions (see ``base.Ledger``)."""
+
+    description: str
+
+    @abstractmethod
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        """A transaction that commits on exit, rolls back on any exception, and turns
+        database errors into LedgerError (BUDGET_UNAVAILABLE)."""
+
+    @abstractmethod
+    def _prepare_lines(self, line_ids: Sequence[str]) -> None:
+        """Run before a reservation's transaction, outside it."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def snapshot(self, policy: HasBudgets, now: datetime) -> BudgetSnapshot:
+        lines = unique_lines(policy.budgets)
+        with self._transaction(write=False) as tx:
+            return BudgetSnapshot(usage(tx, lines, now))
+
+    def reserve(
+        self,
+        *,
+        request_id: str,
+        owner: str,
+        lines: Sequence[BudgetLine],
+        cost_micro: int,
+        tokens: int,
+        now: datetime,
+        lease_s: float,
+    ) -> None:
+        _check_amounts(cost_micro, tokens)
+        self._prepare_lines(sorted({line.id for line in lines}))
+        with self._transaction(write=True) as tx:
+            do_reserve(
+                tx,
+                request_id=request_id,
+                owner=owner,
+                lines=lines,
+                cost_micro=cost_micro,
+                tokens=tokens,
+                now=now,
+                lease_s=lease_s,
+            )
+
+    def commit(self, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
+        _check_amounts(cost_micro, tokens)
+        with self._transaction(write=True) as tx:
+            do_commit(tx, request_id, cost_micro=cost_micro, tokens=tokens, now=now)
+
+    def release(self, request_id: str, now: datetime) -> None:
+        with self._transaction(write=True) as tx:
+            do_release(tx, request_id, now)
+
+    def sweep(self, now: datetime) -> int:
+        with self._transaction(write=True) as tx:
+            return do_sweep(tx, now)
+
+    def audit(self, record: Mapping[str, object]) -> None:
+        encoded = audit_json(record)  # refuse text before taking any lock
+        with self._transaction(write=True) as tx:
+            do_audit(tx, encoded, time.time_ns() // 1000)
+
+    def recent_audit(self, limit: int) -> list[dict[str, object]]:
+        with self._transaction(write=False) as tx:
+            return do_recent_audit(tx, limit)

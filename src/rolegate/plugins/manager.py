@@ -15,15 +15,11 @@ from types import ModuleType
 
 import pluggy
 
-from rolegate.errors import RolegateError
+from rolegate.errors import PluginError
 from rolegate.plugins import hookspecs
 from rolegate.plugins.base import ProviderType, RoleKind
 
 AuditSink = Callable[[dict[str, object]], None]
-
-
-class PluginError(RolegateError):
-    """A plugin could not be loaded, or two plugins claim one name."""
 
 
 def builtin_plugins() -> list[ModuleType]:

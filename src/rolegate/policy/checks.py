@@ -41,7 +41,17 @@ def _warn(location: str, message: str) -> PolicyProblem:
     return PolicyProblem(location, message, "warning")
 
 
+BUILTIN_PROVIDER_TYPES = frozenset({"ollama", "openai"})
+
+
 def _check_models(doc: PolicyDocument) -> Iterable[PolicyProblem]:
+    for pid, prov in doc.providers.items():
+        if prov.type not in BUILTIN_PROVIDER_TYPES:
+            yield _warn(
+                f"providers.{pid}.type",
+                f"{prov.type!r} is not built in; the server starts only if a plugin "
+                "provides it (see `rolegate plugins`)",
+            )
     for mid, model in doc.models.items():
         at = f"models.{mid}"
         provider = doc.providers.get(model.provider)

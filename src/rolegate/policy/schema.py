@@ -66,9 +66,10 @@ class Strict(BaseModel):
 class Provider(Strict):
     """A model server: Ollama, or anything speaking the OpenAI chat API."""
 
-    type: Literal["ollama", "openai"] = Field(
+    type: Name = Field(
         description="'ollama' for Ollama's API; 'openai' for OpenAI-compatible servers "
-        "(OpenAI, vLLM, llama.cpp, LM Studio, DeepSeek, Moonshot, OpenRouter)."
+        "(OpenAI, vLLM, llama.cpp, LM Studio, DeepSeek, Moonshot, OpenRouter); any other "
+        "name must be provided by an installed plugin."
     )
     base_url: str = Field(description="Root URL of the server's API.")
     api_key_env: str | None = Field(

@@ -82,6 +82,11 @@ async def _boundary(
     )
 
 
+# Free text is typed plain `str` (empty = not given): the SDK JSON-decodes string arguments
+# of any other annotation, which would turn a prompt such as '{"a": 1}' or 'null' into data.
+TEXT_NOTE = "Free text. "
+
+
 def _check_model(data: dict[str, Any]) -> Any:
     check = data.get("check")
     return check.get("model") if isinstance(check, dict) else None
@@ -144,13 +149,13 @@ def build_server(service: Rolegate) -> MCPServer:
         ctx: Context,
         consent: Annotated[ElicitationResult[ConsentForm], Resolve(resolve_consent)],
         prompt: Annotated[
-            str | None, Field(description="The user prompt (or use messages).")
-        ] = None,
+            str, Field(description=TEXT_NOTE + "The user prompt (or messages).")
+        ] = "",
         messages: Annotated[
             list[dict[str, str]] | None,
             Field(description="Chat messages [{role: system|user|assistant, content}]."),
         ] = None,
-        system: Annotated[str | None, Field(description="System prompt.")] = None,
+        system: Annotated[str, Field(description=TEXT_NOTE + "System prompt.")] = "",
         job: Annotated[
             str | None, Field(description="Job name (premium allowlist, budgets).")
         ] = None,
@@ -168,9 +173,9 @@ def build_server(service: Rolegate) -> MCPServer:
             return await service.run_role(
                 consent=consent_from(consent),
                 role=role,
-                prompt=prompt,
+                prompt=prompt or None,
                 messages=messages,
-                system=system,
+                system=system or None,
                 job=job,
                 task_id=task_id,
                 stage=stage,
@@ -186,7 +191,7 @@ def build_server(service: Rolegate) -> MCPServer:
         job: Annotated[str | None, Field(description="Job name.")] = None,
         role: Annotated[str | None, Field(description="Role name.")] = None,
         model: Annotated[str | None, Field(description="Model id.")] = None,
-        text: Annotated[str | None, Field(description="Input text to count.")] = None,
+        text: Annotated[str, Field(description=TEXT_NOTE + "Input text to count.")] = "",
         input_tokens: Annotated[int | None, Field(description="Input tokens, if known.")] = None,
         output_tokens: Annotated[int | None, Field(description="Max output tokens.")] = None,
     ) -> Annotated[CallToolResult, BudgetReport]:
@@ -195,7 +200,7 @@ def build_server(service: Rolegate) -> MCPServer:
                 job=job,
                 role=role,
                 model=model,
-                text=text,
+                text=text or None,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )
@@ -214,7 +219,7 @@ def build_server(service: Rolegate) -> MCPServer:
         full_sweep: Annotated[bool | None, Field(description="A full sweep is needed.")] = None,
         high_risk: Annotated[bool | None, Field(description="High-risk change.")] = None,
         user_request: Annotated[bool | None, Field(description="The user asked.")] = None,
-        reason: Annotated[str | None, Field(description="Free-text reason (not logged).")] = None,
+        reason: Annotated[str, Field(description="Free-text reason (never logged).")] = "",
     ) -> Annotated[CallToolResult, EscalateResult]:
         signals = {
             k: v
@@ -232,7 +237,7 @@ def build_server(service: Rolegate) -> MCPServer:
         }
 
         async def call() -> BaseModel:
-            return service.escalate(role, signals, job=job, task_id=task_id, reason=reason)
+            return service.escalate(role, signals, job=job, task_id=task_id, reason=reason or None)
 
         return await _boundary("escalate", call, hash_())
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from rolegate import __version__
-from rolegate.errors import PolicyError, PolicyInvalidError, RequestError
+from rolegate.errors import PluginError, PolicyError, PolicyInvalidError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
 from rolegate.policy.loader import default_policy_text
 from rolegate.policy.schema import PolicyDocument
@@ -79,6 +79,20 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from rolegate.plugins.manager import build_registry
+
+    registry = build_registry(block=args.block)
+    for info in registry.plugins:
+        dist = info.distribution or "-"
+        if info.version:
+            dist += f" {info.version}"
+        print(f"{info.name:<20} {dist:<28} {' '.join(info.provides) or '(nothing)'}")
+    for name in registry.blocked:
+        print(f"{name:<20} {'(blocked)':<28}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so that `check` and `route` never pay for the MCP SDK's import.
     from rolegate.server.serve import serve
@@ -124,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--policy")
     p.set_defaults(func=_cmd_policy)
 
+    p = sub.add_parser("plugins", help="list plugins found, their distribution and what they add")
+    p.add_argument("--block", action="append", default=[], help="block a plugin by name")
+    p.set_defaults(func=_cmd_plugins)
+
     p = sub.add_parser("serve", help="run the MCP server (stdio by default)")
     p.add_argument("--policy", help="policy file (default: the embedded policy)")
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
@@ -141,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except (PolicyError, RequestError) as exc:
+    except (PolicyError, RequestError, PluginError) as exc:
         print(str(exc), file=sys.stderr)
-        return 1 if isinstance(exc, PolicyError) else 2
+        return 2 if isinstance(exc, RequestError) else 1
     return result

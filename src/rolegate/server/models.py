@@ -49,6 +49,8 @@ class RunResult(BaseModel):
     provider_model: str
     locality: str
     usage: Usage
+    max_input_tokens: int | None = Field(description="The model's context_window - reserve.")
+    reserve_tokens: int | None
     cost_micro: int = Field(description="Cost in micro-USD.")
     latency_ms: float
     ttft_ms: float | None = Field(default=None, description="Time to first token.")

@@ -137,6 +137,8 @@ def finish_run(
         provider_model=info.model.name,
         locality=info.locality,
         usage=usage,
+        max_input_tokens=info.max_input_tokens,
+        reserve_tokens=info.model.reserve_tokens,
         cost_micro=cost,
         latency_ms=round(latency_s * 1000, 3),
         ttft_ms=None if result.ttft_s is None else round(result.ttft_s * 1000, 3),

@@ -9,7 +9,7 @@ import secrets
 import sys
 from typing import Any
 
-from rolegate.errors import PolicyError, RolegateError
+from rolegate.errors import PluginError, PolicyError, RolegateError
 from rolegate.policy import Policy, load_default_policy, load_policy
 from rolegate.server.logs import configure_logging, get_logger
 
@@ -90,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         service = build_service(policy, block=args.block)
-    except RolegateError as exc:
+    except (RolegateError, PluginError) as exc:
         print(f"rolegate: {exc}", file=sys.stderr)
         return 1
     from rolegate.server.app import build_server

@@ -1,0 +1,1 @@
+"""rolegate-echo: an example rolegate plugin."""

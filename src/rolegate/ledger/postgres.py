@@ -1,0 +1,162 @@
+"""A ledger in PostgreSQL, for budgets shared by rolegate processes on several machines.
+
+Writers on a budget line serialize on one row per line in ``rolegate_lines``, locked with
+SELECT ... FOR UPDATE in line-id order (so two reservations touching the same lines can
+never deadlock). In READ COMMITTED each statement after the lock sees every charge that
+the previous lock holder committed, so the check and the insert cannot overspend.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+from rolegate.errors import LedgerError
+from rolegate.ledger._engine import SCHEMA, SqlLedger
+
+CONNECT_TIMEOUT_S = 10
+LOCK_TIMEOUT_S = 30  # like SQLite's busy_timeout: wait this long for a line, then fail closed
+# Serializes schema creation: concurrent CREATE TABLE IF NOT EXISTS can fail in PostgreSQL.
+_SCHEMA_LOCK_KEY = 0x726F6C6567617465  # "rolegate"
+
+_LINES = "CREATE TABLE IF NOT EXISTS rolegate_lines (line_id TEXT PRIMARY KEY)"
+
+
+def redact(url: str) -> str:
+    """The URL without its password (in the authority or as a query parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    pid: int
+    conn: psycopg.Connection[tuple[Any, ...]]
+
+
+class _PgTx:
+    for_update = " FOR UPDATE"
+
+    def __init__(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        self._cur = cur
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        self._cur.execute(sql.replace("?", "%s"), params)
+        return self._cur.fetchall()
+
+    def run(self, sql: str, params: Sequence[object] = ()) -> int:
+        self._cur.execute(sql.replace("?", "%s"), params)
+        return self._cur.rowcount
+
+    def lock_lines(self, line_ids: Sequence[str]) -> None:
+        if not line_ids:
+            return
+        wanted = sorted(line_ids)
+        # ORDER BY sits below the row-locking step in the plan: rows are locked in id order.
+        self._cur.execute(
+            "SELECT line_id FROM rolegate_lines WHERE line_id = ANY(%s)"
+            " ORDER BY line_id FOR UPDATE",
+            [wanted],
+        )
+        if len(self._cur.fetchall()) != len(wanted):
+            raise LedgerError(
+                "budget line rows are missing from rolegate_lines: the ledger schema was "
+                "changed while in use; restart rolegate"
+            )
+
+
+class PostgresLedger(SqlLedger):
+    """A ledger in a PostgreSQL database, one connection per thread."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.description = redact(url)
+        self._local = threading.local()
+        self._opened: list[psycopg.Connection[tuple[Any, ...]]] = []
+        self._guard = threading.Lock()
+        self._known_lines: set[str] = set()
+        self._closed = False
+        with self._transaction(write=True) as tx:
+            tx.run("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK_KEY])
+            for statement in [*SCHEMA.format(audit_id="BIGSERIAL PRIMARY KEY").split(";"), _LINES]:
+                if statement.strip():
+                    tx.run(statement)
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        # Session settings; autocommit, so they outlive this statement.
+        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+        conn.execute(f"SET statement_timeout = '{2 * LOCK_TIMEOUT_S}s'")
+        return conn
+
+    def _conn(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._closed:
+            raise LedgerError(f"the ledger {self.description} was closed")
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and held.pid == os.getpid() and not held.conn.closed:
+            return held.conn
+        # A connection inherited through fork() belongs to the parent: drop it, never use it.
+        conn = self._connect()
+        self._local.held = _Held(os.getpid(), conn)
+        with self._guard:
+            self._opened.append(conn)
+        return conn
+
+    def _forget(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self._local.held = None
+        with self._guard:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        conn.close()
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[_PgTx]:
+        try:
+            conn = self._conn()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield _PgTx(cur)
+            finally:
+                if conn.broken:
+                    # Fail this call closed; the next one opens a fresh connection.
+                    self._forget(conn)
+        except psycopg.Error as exc:
+            raise LedgerError(
+                f"the budget ledger {self.description} cannot be used "
+                f"({type(exc).__name__}: {str(exc).strip()}): check that PostgreSQL is "
+                "running and reachable and that this role may write the rolegate_* tables; "
+                "admission fails closed until then"
+            ) from exc
+
+    def _prepare_lines(self, line_ids: Sequence[str]) -> None:
+        # Created in their own short transaction, before any lock is held, so the lock order
+        # inside reservations stays strictly by line id.
+        missing = [line_id for line_id in line_ids if line_id not in self._known_lines]
+        if not missing:
+            return
+        with self._transaction(write=True) as tx:
+            for line_id in sorted(missing):
+                tx.run(
+                    "INSERT INTO rolegate_lines (line_id) VALUES (?) ON CONFLICT DO NOTHING",
+                    [line_id],
+                )
+        self._known_lines.update(missing)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._guard:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()

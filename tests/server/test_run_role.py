@@ -1,0 +1,234 @@
+"""run_role end to end through MCP with the out-of-tree echo plugin (no model server needed):
+streaming progress, contracts, escalation from output, declared fallbacks, consent, pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from mcp_types import ElicitResult
+
+from rolegate.policy import load_policy
+from rolegate.server.app import build_server
+from rolegate.server.bootstrap import build_service
+from tests.server.conftest import ERAS, free_port
+
+pytestmark = pytest.mark.anyio
+
+POLICY = """
+version: 1
+name: run-role-test
+providers:
+  echo: {{type: echo, base_url: "echo://", locality: local}}
+  dead: {{type: openai, base_url: "http://127.0.0.1:{port}/v1", locality: local,
+          max_retries: 0, connect_timeout_s: 1}}
+models:
+  echo-1: {{provider: echo, name: echo-1, context_window: 4096, reserve_tokens: 512,
+            streaming: {{internal: true}}}}
+  echo-2: {{provider: echo, name: echo-2, context_window: 8192, reserve_tokens: 512}}
+  dead-1: {{provider: dead, name: dead-1, context_window: 4096, reserve_tokens: 512}}
+roles:
+  parrot: {{model: echo-1}}
+  planner:
+    model: echo-1
+    output_contract: plan
+    escalation: {{ladder: [echo-2], when: [{{signal: confidence, op: lt, value: 0.75}}]}}
+  flaky_auto: {{model: dead-1, fallback: {{models: [echo-1], mode: auto}}}}
+  flaky_ask: {{model: dead-1, fallback: {{models: [echo-2], mode: ask}}}}
+  flaky_none: {{model: dead-1}}
+  critic: {{model: echo-2, authority: sidecar}}
+contracts:
+  plan: {{required: [plan, confidence], confidence_field: confidence}}
+channels:
+  cli: {{kind: internal, streaming: true}}
+  email: {{kind: external, streaming: false}}
+pipeline:
+  stages:
+    - {{name: plan, owner: planner, critic: critic}}
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> MCPServer:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(port=free_port()))
+    return build_server(build_service(load_policy(path), env={}))
+
+
+async def run(client: Client, **args: Any) -> Any:
+    return await client.call_tool("run_role", args)
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_run_role_streams_progress_and_reports_usage(server: MCPServer, era: str) -> None:
+    progress: list[str | None] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message)
+
+    async with Client(server, mode=era) as client:
+        result = await client.call_tool(
+            "run_role",
+            {"role": "parrot", "prompt": "one two three"},
+            progress_callback=on_progress,
+        )
+        quiet: list[str | None] = []
+
+        async def on_quiet(done: float, total: float | None, message: str | None) -> None:
+            quiet.append(message)
+
+        email = await client.call_tool(
+            "run_role",
+            {"role": "parrot", "prompt": "a b", "channel": "email"},
+            progress_callback=on_quiet,
+        )
+    data = result.structured_content
+    assert not result.is_error
+    assert data["output"] == "one two three"
+    assert (data["model"], data["provider"], data["locality"]) == ("echo-1", "echo", "local")
+    assert data["usage"] == {
+        "input_tokens": 3,
+        "output_tokens": 3,
+        "input_exact": True,
+        "charged_at_worst_case": False,
+    }
+    assert data["streamed"] is True
+    assert data["fallback"] is None
+    assert progress == ["one", " two", " three"]
+    assert quiet == []  # email forbids streaming: no partial text reaches the client
+    assert email.structured_content["output"] == "a b"
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_contract_is_parsed_and_low_confidence_escalates(server: MCPServer, era: str) -> None:
+    plan = json.dumps({"plan": ["step"], "confidence": 0.5})
+    async with Client(server, mode=era) as client:
+        good = await run(client, role="planner", prompt=plan)
+        bad = await run(client, role="planner", prompt="not json at all")
+    data = good.structured_content
+    assert data["contract"] == {"name": "plan", "valid": True, "errors": []}
+    assert data["structured"] == {"plan": ["step"], "confidence": 0.5}
+    assert data["escalation"]["escalate"] is True
+    assert data["escalation"]["to_model"] == "echo-2"
+    violated = bad.structured_content
+    assert not bad.is_error  # reported, not hidden, and not a crash
+    assert violated["contract"]["valid"] is False
+    assert violated["contract"]["errors"][0].startswith("not JSON")
+    assert violated["structured"] is None
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_declared_auto_fallback_is_reported(server: MCPServer, era: str) -> None:
+    async with Client(server, mode=era) as client:
+        result = await run(client, role="flaky_auto", prompt="hello there")
+        none = await run(client, role="flaky_none", prompt="hello there")
+    data = result.structured_content
+    assert data["model"] == "echo-1"
+    assert data["fallback"] == {
+        "from_model": "dead-1",
+        "to_model": "echo-1",
+        "reason": "PROVIDER_UNAVAILABLE",
+        "consent": "auto",
+    }
+    assert none.is_error  # no declared fallback: no silent switch
+    assert none.content[0].text.startswith("PROVIDER_UNAVAILABLE: dead-1: cannot reach")
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("answer", ["accept", "decline"])
+async def test_ask_first_fallback_uses_elicitation(
+    server: MCPServer, era: str, answer: str
+) -> None:
+    asked: list[str] = []
+
+    async def on_elicit(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        if answer == "accept":
+            return ElicitResult(action="accept", content={"switch": True})
+        return ElicitResult(action="decline")
+
+    async with Client(server, mode=era, elicitation_callback=on_elicit) as client:
+        result = await run(client, role="flaky_ask", prompt="hi")
+    assert asked
+    assert "dead-1 is unavailable" in asked[0]
+    assert "echo-2" in asked[0]
+    if answer == "accept":
+        assert result.structured_content["model"] == "echo-2"
+        assert result.structured_content["fallback"]["consent"] == "user"
+    else:
+        assert result.is_error
+        assert result.content[0].text.startswith("NEEDS_CONSENT")
+        assert "declined" in result.content[0].text
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_ask_first_without_elicitation_names_the_alternate(
+    server: MCPServer, era: str
+) -> None:
+    async with Client(server, mode=era) as client:
+        result = await run(client, role="flaky_ask", prompt="hi")
+    assert result.is_error
+    text = result.content[0].text
+    assert text.startswith("NEEDS_CONSENT: dead-1 failed (PROVIDER_UNAVAILABLE)")
+    assert "switching to echo-2" in text
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_one_owner_per_stage_and_a_critic_that_never_owns(
+    server: MCPServer, era: str
+) -> None:
+    async with Client(server, mode=era) as client:
+        plan = json.dumps({"plan": ["a"], "confidence": 0.9})
+        first = await run(client, role="planner", prompt=plan, task_id="t", stage="plan")
+        second = await run(client, role="planner", prompt=plan, task_id="t", stage="plan")
+        intruder = await run(client, role="parrot", prompt="x", task_id="t", stage="plan")
+        critique = await run(client, role="critic", prompt="risky", task_id="t", stage="plan")
+        escalated = await client.call_tool(
+            "escalate", {"role": "planner", "task_id": "t", "confidence": 0.2}
+        )
+        replaced = await run(client, role="planner", prompt=plan, task_id="t", stage="plan")
+        task = json.loads((await client.read_resource("rolegate://tasks/t")).contents[0].text)
+    assert first.structured_content["model"] == "echo-1"
+    assert second.content[0].text.startswith("CONSENSUS_FORBIDDEN")
+    assert intruder.content[0].text.startswith("CONSENSUS_FORBIDDEN: stage 'plan' is owned by")
+    assert not critique.is_error
+    assert escalated.structured_content["to_model"] == "echo-2"
+    assert replaced.structured_content["model"] == "echo-2"
+    stage = task["stages"]["plan"]
+    assert (stage["role"], stage["model"], stage["replaced"]) == ("planner", "echo-2", ["echo-1"])
+    assert [c["authoritative"] for c in task["critiques"]] == [False]
+    assert task["escalations"][0]["fired"] == ["confidence"]
+
+
+async def test_decision_id_must_match_the_role(server: MCPServer) -> None:
+    async with Client(server, mode="legacy") as client:
+        decision = await client.call_tool("route_task", {"task": "hi", "role": "parrot"})
+        decision_id = decision.structured_content["decision_id"]
+        ok = await run(client, role="parrot", prompt="hi", decision_id=decision_id)
+        wrong = await run(client, role="planner", prompt="hi", decision_id=decision_id)
+    assert ok.structured_content["decision_id"] == decision_id
+    assert wrong.content[0].text.startswith("INVALID_ARGUMENT: decision")
+
+
+async def test_over_context_is_refused_before_any_call(server: MCPServer) -> None:
+    async with Client(server, mode="legacy") as client:
+        result = await run(client, role="parrot", prompt="w " * 3600)
+    assert result.content[0].text.startswith("OVER_BUDGET: input is 3,600 tokens; echo-1 accepts")
+
+
+@pytest.mark.parametrize("prompt", ["null", "[1, 2]", '{"a": 1}', "true", "42"])
+async def test_prompts_that_look_like_json_stay_text(server: MCPServer, prompt: str) -> None:
+    async with Client(server, mode="legacy") as client:
+        result = await run(client, role="parrot", prompt=prompt)
+        budget = await client.call_tool("check_budget", {"role": "parrot", "text": prompt})
+    assert result.structured_content["output"] == prompt
+    assert budget.structured_content["check"]["admitted"] is True
