@@ -25,7 +25,7 @@ def log_stream() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def sophie_service(sophie: Policy, log_stream: io.StringIO) -> Rolegate:  # noqa: ARG001 - logs captured
+def sophie_service(sophie: Policy, log_stream: io.StringIO) -> Rolegate:
     return build_service(sophie, env={})
 
 
@@ -35,7 +35,7 @@ def sophie_server(sophie_service: Rolegate) -> MCPServer:
 
 
 @pytest.fixture
-def codex_server(codex_rs: Policy, log_stream: io.StringIO) -> MCPServer:  # noqa: ARG001 - logs captured
+def codex_server(codex_rs: Policy, log_stream: io.StringIO) -> MCPServer:
     return build_server(build_service(codex_rs, env={}))
 
 
