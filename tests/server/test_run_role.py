@@ -232,3 +232,17 @@ async def test_prompts_that_look_like_json_stay_text(server: MCPServer, prompt: 
         budget = await client.call_tool("check_budget", {"role": "parrot", "text": prompt})
     assert result.structured_content["output"] == prompt
     assert budget.structured_content["check"]["admitted"] is True
+
+
+async def test_validation_stage_retries_a_bounded_number_of_times(server: MCPServer) -> None:
+    async with Client(server, mode="legacy") as client:
+        bad = await run(client, role="planner", prompt="no plan here", task_id="v", stage="plan")
+        good = await run(client, role="planner", prompt='{"plan": [], "confidence": 0.9}',
+                         task_id="w", stage="plan")
+        critique = await run(client, role="critic", prompt="looks risky", task_id="w",
+                             stage="plan")
+    assert bad.structured_content["attempts"] == 2  # the stage's max_retries is 1
+    assert bad.structured_content["contract"]["valid"] is False
+    assert good.structured_content["attempts"] == 1
+    assert good.structured_content["authoritative"] is True
+    assert critique.structured_content["authoritative"] is False

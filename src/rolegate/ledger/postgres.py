@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from rolegate.errors import LedgerError
 from rolegate.ledger._engine import SCHEMA, SqlLedger
@@ -83,6 +84,19 @@ class PostgresLedger(SqlLedger):
     def __init__(self, url: str) -> None:
         self._url = url
         self.description = redact(url)
+        try:
+            options = str(conninfo_to_dict(url).get("options") or "")
+        except psycopg.Error as exc:
+            raise LedgerError(f"bad PostgreSQL ledger URL {self.description}: {exc}") from exc
+        # A URL may set its own, e.g. options=-c%20lock_timeout%3D500 (milliseconds).
+        self._settings = [
+            f"SET {name} = '{seconds}s'"
+            for name, seconds in (
+                ("lock_timeout", LOCK_TIMEOUT_S),
+                ("statement_timeout", 2 * LOCK_TIMEOUT_S),
+            )
+            if name not in options
+        ]
         self._local = threading.local()
         self._opened: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._guard = threading.Lock()
@@ -96,9 +110,8 @@ class PostgresLedger(SqlLedger):
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        # Session settings; autocommit, so they outlive this statement.
-        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-        conn.execute(f"SET statement_timeout = '{2 * LOCK_TIMEOUT_S}s'")
+        for setting in self._settings:  # session-wide: autocommit, so they persist
+            conn.execute(setting)  # built from the constants above only
         return conn
 
     def _conn(self) -> psycopg.Connection[tuple[Any, ...]]:

@@ -59,6 +59,10 @@ class RunResult(BaseModel):
     escalation: EscalationDecision | None = Field(
         default=None, description="The escalation the output's own signals trigger, if any."
     )
+    attempts: int = Field(default=1, description="Calls made, counting validation retries.")
+    authoritative: bool = Field(
+        default=True, description="False for sidecars (critics): comments, never the owner output."
+    )
     request_id: str
     decision_id: str | None = None
     task_id: str | None = None

@@ -76,6 +76,7 @@ def finish_run(
     decision_id: str | None,
     task_id: str | None,
     stage: str | None,
+    attempts: int = 1,
 ) -> RunResult:
     policy = service.policy
     usage = usage_of(input_tokens, input_exact, max_output, result)
@@ -111,6 +112,7 @@ def finish_run(
         "code": "OK",
         "ms": round(latency_s * 1000, 3),
         "fallback_from": fallback.from_model if fallback else None,
+        "attempts": attempts,
     }
     service.audit(record)
     log.info(
@@ -149,5 +151,7 @@ def finish_run(
         decision_id=decision_id,
         task_id=task_id,
         stage=stage,
+        attempts=attempts,
+        authoritative=authority != "sidecar",
         policy=service.policy_ref,
     )

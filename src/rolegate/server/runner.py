@@ -25,6 +25,7 @@ from rolegate.plugins.base import ChatRequest, ChatResult, Message, ProviderClie
 from rolegate.plugins.manager import Registry
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
+from rolegate.policy.contracts import check_output
 from rolegate.policy.router import check_model
 from rolegate.policy.tokens import estimate_tokens
 from rolegate.server.logs import get_logger
@@ -383,6 +384,23 @@ async def run_role(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )
         result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+    # Validation stage (seed 002): re-run on a contract violation, a bounded number of times.
+    attempts = 1
+    retries = _validation_retries(policy, role, stage)
+    while retries and not _contract_ok(policy, role, result.text):
+        log.info(
+            "validation_retry",
+            role=role,
+            model=call.info.id,
+            attempt=attempts + 1,
+            policy_hash=policy.hash,
+        )
+        call = await runner.admit(
+            service, call.info, chat, role=role, job=job, max_output=max_output
+        )
+        result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+        attempts += 1
+        retries -= 1
     return finish_run(
         service,
         role=role,
@@ -398,7 +416,22 @@ async def run_role(
         decision_id=decision_id,
         task_id=task_id,
         stage=stage,
+        attempts=attempts,
     )
+
+
+def _validation_retries(policy: Policy, role: str, stage: str | None) -> int:
+    if stage is None or policy.doc.roles[role].output_contract is None:
+        return 0
+    for declared in policy.doc.pipeline.stages:
+        if declared.name == stage and declared.validate_contract:
+            return declared.max_retries
+    return 0
+
+
+def _contract_ok(policy: Policy, role: str, text: str) -> bool:
+    name = policy.doc.roles[role].output_contract
+    return name is None or check_output(policy.doc.contracts[name], text).valid
 
 
 async def _fallback(
