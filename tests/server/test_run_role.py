@@ -41,6 +41,10 @@ roles:
   flaky_ask: {{model: dead-1, fallback: {{models: [echo-2], mode: ask}}}}
   flaky_none: {{model: dead-1}}
   critic: {{model: echo-2, authority: sidecar}}
+  careful:
+    model: echo-1
+    escalation: {{ladder: [echo-2], consent: true,
+                  when: [{{signal: confidence, op: lt, value: 0.75}}]}}
 contracts:
   plan: {{required: [plan, confidence], confidence_field: confidence}}
 channels:
@@ -237,12 +241,49 @@ async def test_prompts_that_look_like_json_stay_text(server: MCPServer, prompt: 
 async def test_validation_stage_retries_a_bounded_number_of_times(server: MCPServer) -> None:
     async with Client(server, mode="legacy") as client:
         bad = await run(client, role="planner", prompt="no plan here", task_id="v", stage="plan")
-        good = await run(client, role="planner", prompt='{"plan": [], "confidence": 0.9}',
-                         task_id="w", stage="plan")
-        critique = await run(client, role="critic", prompt="looks risky", task_id="w",
-                             stage="plan")
+        good = await run(
+            client,
+            role="planner",
+            prompt='{"plan": [], "confidence": 0.9}',
+            task_id="w",
+            stage="plan",
+        )
+        critique = await run(client, role="critic", prompt="looks risky", task_id="w", stage="plan")
     assert bad.structured_content["attempts"] == 2  # the stage's max_retries is 1
     assert bad.structured_content["contract"]["valid"] is False
     assert good.structured_content["attempts"] == 1
     assert good.structured_content["authoritative"] is True
     assert critique.structured_content["authoritative"] is False
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("answer", ["accept", "decline", None])
+async def test_escalation_that_demands_consent_asks_and_records_the_answer(
+    server: MCPServer, era: str, answer: str | None
+) -> None:
+    asked: list[str] = []
+
+    async def on_elicit(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        if answer == "accept":
+            return ElicitResult(action="accept", content={"switch": True})
+        return ElicitResult(action="decline")
+
+    callback = on_elicit if answer is not None else None
+    async with Client(server, mode=era, elicitation_callback=callback) as client:
+        calm = await client.call_tool("escalate", {"role": "careful", "confidence": 0.9})
+        result = await client.call_tool(
+            "escalate", {"role": "careful", "confidence": 0.3, "task_id": "c"}
+        )
+        task = await client.read_resource("rolegate://tasks/c") if answer == "accept" else None
+    assert calm.structured_content["code"] == "NO_ESCALATION"
+    data = result.structured_content
+    if answer == "accept":
+        assert len(asked) >= 1
+        assert "switch from echo-1 to echo-2" in asked[0]
+        assert (data["escalate"], data["consent"], data["to_model"]) == (True, "granted", "echo-2")
+        assert task is not None
+        assert json.loads(task.contents[0].text)["escalations"][0]["consent"] == "granted"
+    else:
+        assert (data["escalate"], data["code"]) == (False, "NEEDS_CONSENT")
+        assert data["consent"] == ("declined" if answer == "decline" else "not_asked")

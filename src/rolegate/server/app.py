@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import Context, ElicitationResult, MCPServer, Resolve
+from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
@@ -99,6 +99,29 @@ def _tokens_field(data: dict[str, Any], key: str) -> Any:
         if isinstance(section, dict) and section.get(key) is not None:
             return section[key]
     return data.get(key)
+
+
+def _signals(
+    confidence: float | None,
+    failed_loops: int | None,
+    context_estimate: int | None,
+    contradictions: bool | None,
+    tool_heavy: bool | None,
+    full_sweep: bool | None,
+    high_risk: bool | None,
+    user_request: bool | None,
+) -> dict[str, float | bool]:
+    given = {
+        "confidence": confidence,
+        "failed_loops": failed_loops,
+        "context_estimate": context_estimate,
+        "contradictions": contradictions,
+        "tool_heavy": tool_heavy,
+        "full_sweep": full_sweep,
+        "high_risk": high_risk,
+        "user_request": user_request,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def build_server(service: Rolegate) -> MCPServer:
@@ -207,8 +230,44 @@ def build_server(service: Rolegate) -> MCPServer:
 
         return await _boundary("check_budget", call, hash_())
 
+    async def escalation_consent(
+        ctx: Context,
+        role: str,
+        task_id: str | None = None,
+        job: str | None = None,
+        confidence: float | None = None,
+        failed_loops: int | None = None,
+        context_estimate: int | None = None,
+        contradictions: bool | None = None,
+        tool_heavy: bool | None = None,
+        full_sweep: bool | None = None,
+        high_risk: bool | None = None,
+        user_request: bool | None = None,
+    ) -> Elicit[ConsentForm] | None:
+        """Ask before an escalation whose role demands consent, if one would happen."""
+        signals = _signals(
+            confidence,
+            failed_loops,
+            context_estimate,
+            contradictions,
+            tool_heavy,
+            full_sweep,
+            high_risk,
+            user_request,
+        )
+        preview = service.preview_escalation(role, signals, job=job, task_id=task_id)
+        caps = ctx.client_capabilities
+        if preview is None or caps is None or caps.elicitation is None:
+            return None
+        return Elicit(
+            f"The policy asks before escalating role {role}: switch from {preview[0]} to "
+            f"{preview[1]}?",
+            ConsentForm,
+        )
+
     async def escalate(
         role: Annotated[str, Field(description="The role whose work may need escalating.")],
+        consent: Annotated[ElicitationResult[ConsentForm], Resolve(escalation_consent)],
         task_id: Annotated[str | None, Field(description="Work item id.")] = None,
         job: Annotated[str | None, Field(description="Job name.")] = None,
         confidence: Annotated[float | None, Field(description="Self-reported confidence.")] = None,
@@ -221,23 +280,26 @@ def build_server(service: Rolegate) -> MCPServer:
         user_request: Annotated[bool | None, Field(description="The user asked.")] = None,
         reason: Annotated[str, Field(description="Free-text reason (never logged).")] = "",
     ) -> Annotated[CallToolResult, EscalateResult]:
-        signals = {
-            k: v
-            for k, v in {
-                "confidence": confidence,
-                "failed_loops": failed_loops,
-                "context_estimate": context_estimate,
-                "contradictions": contradictions,
-                "tool_heavy": tool_heavy,
-                "full_sweep": full_sweep,
-                "high_risk": high_risk,
-                "user_request": user_request,
-            }.items()
-            if v is not None
-        }
+        signals = _signals(
+            confidence,
+            failed_loops,
+            context_estimate,
+            contradictions,
+            tool_heavy,
+            full_sweep,
+            high_risk,
+            user_request,
+        )
 
         async def call() -> BaseModel:
-            return service.escalate(role, signals, job=job, task_id=task_id, reason=reason or None)
+            return service.escalate(
+                role,
+                signals,
+                job=job,
+                task_id=task_id,
+                reason=reason or None,
+                consent=consent_from(consent),
+            )
 
         return await _boundary("escalate", call, hash_())
 

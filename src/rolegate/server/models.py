@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -112,3 +112,6 @@ class BudgetReport(BaseModel):
 
 class EscalateResult(EscalationDecision):
     provenance_id: str = Field(description="Id of the provenance record of this evaluation.")
+    consent: Literal["granted", "declined", "not_asked"] | None = Field(
+        default=None, description="The user's answer where the policy demands consent."
+    )

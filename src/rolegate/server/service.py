@@ -7,12 +7,17 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rolegate.errors import Code, ProviderError, RefusedError, RequestError
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
 from rolegate.policy.decision import PolicyRef, Risk, ScopeUsage
-from rolegate.policy.escalation import EscalationRequest, SignalValue, escalate
+from rolegate.policy.escalation import (
+    EscalationDecision,
+    EscalationRequest,
+    SignalValue,
+    escalate,
+)
 from rolegate.policy.tokens import estimate_method, estimate_tokens
 from rolegate.server.models import (
     BudgetReport,
@@ -56,6 +61,10 @@ class UsageSource:
 
     def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot:
         return BudgetSnapshot()
+
+
+if TYPE_CHECKING:
+    from rolegate.server.runner import Consent
 
 
 class RunnerLike(Protocol):
@@ -266,18 +275,16 @@ class Rolegate:
         )
 
     # -- escalate -----------------------------------------------------------
-    def escalate(
+    def _escalation(
         self,
         role: str,
         signals: Mapping[str, SignalValue],
-        *,
-        job: str | None = None,
-        task_id: str | None = None,
-        reason: str | None = None,
+        job: str | None,
+        task_id: str | None,
         local_only: bool = False,
-    ) -> EscalateResult:
+    ) -> EscalationDecision:
         current_step = self.tasks.escalation_step(task_id, role) if task_id else 0
-        decision = escalate(
+        return escalate(
             EscalationRequest(
                 role=role,
                 signals=signals,
@@ -288,10 +295,74 @@ class Rolegate:
             self.policy,
             self.snapshot(),
         )
+
+    def preview_escalation(
+        self,
+        role: str,
+        signals: Mapping[str, SignalValue],
+        *,
+        job: str | None,
+        task_id: str | None,
+    ) -> tuple[str, str] | None:
+        """(from, to) when an escalation would happen and the role demands consent."""
+        role_def = self.policy.doc.roles.get(role)
+        if role_def is None or not role_def.escalation.consent:
+            return None
+        try:
+            decision = self._escalation(role, signals, job, task_id)
+        except RequestError:
+            return None  # the tool body reports it
+        if not decision.escalate or decision.from_model is None or decision.to_model is None:
+            return None
+        return decision.from_model, decision.to_model
+
+    def escalate(
+        self,
+        role: str,
+        signals: Mapping[str, SignalValue],
+        *,
+        job: str | None = None,
+        task_id: str | None = None,
+        reason: str | None = None,
+        local_only: bool = False,
+        consent: Consent | None = None,
+    ) -> EscalateResult:
+        decision = self._escalation(role, signals, job, task_id, local_only)
         provenance_id = "esc_" + uuid.uuid4().hex
-        if task_id and decision.escalate and decision.step is not None:
-            self.tasks.record_escalation(task_id, role, decision.step, provenance_id, decision)
-        return EscalateResult(provenance_id=provenance_id, **decision.model_dump())
+        answer: str | None = None
+        if decision.escalate and decision.consent_required:
+            answer = (
+                "not_asked" if consent is None else ("granted" if consent.granted else "declined")
+            )
+            if answer != "granted":
+                why = "the user declined" if answer == "declined" else "this client cannot be asked"
+                decision = decision.model_copy(
+                    update={
+                        "escalate": False,
+                        "code": Code.NEEDS_CONSENT,
+                        "message": f"escalating {role} to {decision.to_model} needs the user's "
+                        f"consent; {why}",
+                    }
+                )
+        if decision.escalate and decision.step is not None and task_id:
+            self.tasks.record_escalation(
+                task_id, role, decision.step, provenance_id, decision, consent=answer
+            )
+        self.audit(
+            {
+                "kind": "escalation",
+                "request_id": provenance_id,
+                "task_id": task_id,
+                "role": role,
+                "model": decision.from_model,
+                "to_model": decision.to_model,
+                "code": decision.code,
+                "policy_hash": self.policy.hash,
+                "consent": answer,
+                "fired": ",".join(f.signal for f in decision.fired),
+            }
+        )
+        return EscalateResult(provenance_id=provenance_id, consent=answer, **decision.model_dump())
 
     # -- run_role -----------------------------------------------------------
     async def run_role(self, **kwargs: Any) -> RunResult:

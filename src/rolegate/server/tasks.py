@@ -37,7 +37,14 @@ class TaskStore:
             return max(steps, default=0)
 
     def record_escalation(
-        self, task_id: str, role: str, step: int, provenance_id: str, decision: BaseModel
+        self,
+        task_id: str,
+        role: str,
+        step: int,
+        provenance_id: str,
+        decision: BaseModel,
+        *,
+        consent: str | None = None,
     ) -> None:
         data = decision.model_dump(mode="json")
         with self._lock:
@@ -50,6 +57,7 @@ class TaskStore:
                     "to_model": data.get("to_model"),
                     "fired": [f["signal"] for f in data.get("fired", [])],
                     "policy_hash": data["policy"]["hash"],
+                    "consent": consent,
                 }
             )
 
