@@ -182,7 +182,9 @@ async def test_ask_first_without_elicitation_names_the_alternate(
         result = await run(client, role="flaky_ask", prompt="hi")
     assert result.is_error
     text = result.content[0].text
-    assert text.startswith("NEEDS_CONSENT: dead-1 failed (PROVIDER_UNAVAILABLE)")
+    assert text.startswith(
+        "NEEDS_CONSENT: dead-1 failed (PROVIDER_UNAVAILABLE: dead-1: cannot reach"
+    )
     assert "switching to echo-2" in text
 
 

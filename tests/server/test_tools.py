@@ -204,6 +204,8 @@ async def test_run_role_without_reachable_provider_is_provider_unavailable(
         premium = await call(client, "run_role", {"role": "reasoning", "prompt": "plan"})
     # Nothing listens on Ollama's port here; the moonshot key is not set.
     assert error_text(result).startswith("PROVIDER_UNAVAILABLE: phi4-extractor: cannot reach")
+    # No key for the cloud model: unavailable, and its ask-first fallback cannot be asked here.
+    assert error_text(premium).startswith("NEEDS_CONSENT: kimi failed (PROVIDER_UNAVAILABLE: ")
     assert "needs an API key: set MOONSHOT_API_KEY" in error_text(premium)
 
 

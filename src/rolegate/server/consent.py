@@ -47,8 +47,10 @@ async def elicit_consent(ctx: Context, message: str, form: type[ConsentForm]) ->
 
 
 def make_resolver(service: Any) -> Any:
-    async def resolve_consent(ctx: Context, role: str) -> Elicit[ConsentForm] | None:
-        needed = await service.consent_needed(role)
+    async def resolve_consent(
+        ctx: Context, role: str, job: str | None = None
+    ) -> Elicit[ConsentForm] | None:
+        needed = await service.consent_needed(role, job)
         if needed is None:
             return None
         caps = ctx.client_capabilities

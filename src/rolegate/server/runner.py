@@ -154,24 +154,29 @@ class Runner:
         self._clients.clear()
 
     async def count(self, info: ModelInfo, messages: list[Message]) -> tuple[int, bool]:
-        exact = await self.client(info.model.provider).count_tokens(info.model.name, messages)
-        if exact is not None:
-            return exact.tokens, True
+        """Exact count from a local server that can tokenize, else the conservative estimate.
+
+        Cloud servers are never asked to count: text goes to them only in the admitted call.
+        """
+        if info.locality == "local":
+            client = self.client(info.model.provider)
+            exact = await client.count_tokens(info.model.name, messages)
+            if exact is not None:
+                return exact.tokens, True
         settings = self.policy.doc.token_estimate
         text = "\n".join(m.content for m in messages)
         return estimate_tokens(text, settings, messages=len(messages)), False
 
-    async def admit(
+    def _refuse_if(
         self,
         service: Rolegate,
         info: ModelInfo,
-        messages: list[Message],
         *,
         role: str,
         job: str | None,
+        tokens: int,
         max_output: int,
-    ) -> _Call:
-        tokens, exact = await self.count(info, messages)
+    ) -> None:
         refusal = check_model(
             info,
             policy=self.policy,
@@ -189,6 +194,22 @@ class Runner:
                 else f"{info.id} {refusal.reason}"
             )
             raise RefusedError(text, code=refusal.code)
+
+    async def admit(
+        self,
+        service: Rolegate,
+        info: ModelInfo,
+        messages: list[Message],
+        *,
+        role: str,
+        job: str | None,
+        max_output: int,
+    ) -> _Call:
+        # Locality and allowlist first, with no tokens: a forbidden server is never contacted,
+        # not even to count tokens.
+        self._refuse_if(service, info, role=role, job=job, tokens=0, max_output=0)
+        tokens, exact = await self.count(info, messages)
+        self._refuse_if(service, info, role=role, job=job, tokens=tokens, max_output=max_output)
         call = _Call("req_" + uuid.uuid4().hex, info, tokens, exact, max_output)
         if service.ledger is not None:
             lines = self.policy.budgets_touching(
@@ -461,7 +482,7 @@ async def _fallback(
         if consent.granted:
             return nxt, "user"
         raise RefusedError(
-            f"{failed.id} failed ({exc.code}); the user declined switching to {nxt.id}",
+            f"{failed.id} failed ({exc}); the user declined switching to {nxt.id}",
             code=Code.NEEDS_CONSENT,
         )
     granted = await service.ask_consent(ctx, failed.id, nxt.id, str(exc.code))
@@ -469,7 +490,7 @@ async def _fallback(
         return nxt, "user"
     reason = "the user declined" if granted is False else "this client cannot be asked"
     raise RefusedError(
-        f"{failed.id} failed ({exc.code}) and the policy says ask before switching to "
+        f"{failed.id} failed ({exc}) and the policy says ask before switching to "
         f"{nxt.id}; {reason}. Retry after consenting to {nxt.id}, or wait for {failed.id}",
         code=Code.NEEDS_CONSENT,
     )

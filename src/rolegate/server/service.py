@@ -423,13 +423,18 @@ class Rolegate:
         )
         return answer
 
-    async def consent_needed(self, role: str) -> tuple[str, str] | None:
+    async def consent_needed(self, role: str, job: str | None) -> tuple[str, str] | None:
         """(primary, alternate) when ``role`` asks before falling back and its model is down."""
         role_def = self.policy.doc.roles.get(role)
         if role_def is None or role_def.fallback.mode != "ask" or not role_def.fallback.models:
             return None
-        if self.runner is None:
+        if self.runner is None or (job is not None and job not in self.policy.doc.jobs):
             return None
+        if (
+            self.policy.is_local_only(job)
+            and self.policy.models[role_def.model].locality == "cloud"
+        ):
+            return None  # never probe a cloud server under local_only
         now = time.monotonic()
         cached = self._probe_cache.get(role_def.model)
         if cached is not None and now - cached[0] < PROBE_TTL_S:
