@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rolegate.policy import Policy, load_policy
+from tests.support.llama import LlamaServer, llama_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "policies"
@@ -38,3 +40,10 @@ def sophie() -> Policy:
 @pytest.fixture(scope="session")
 def orchestrator() -> Policy:
     return load_policy(example_path("004"))
+
+
+@pytest.fixture(scope="session")
+def llama() -> Iterator[LlamaServer]:
+    """One real llama.cpp server for the session."""
+    with llama_server() as server:
+        yield server

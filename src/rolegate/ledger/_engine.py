@@ -163,13 +163,10 @@ def do_reserve(
         )
         if refused is not None:
             raise refused  # the backend rolls the request row back with the transaction
-    for line in ordered:
-        tx.run(
-            "INSERT INTO rolegate_charges"
-            " (request_id, line_id, at_us, state, expires_us, cost_micro, tokens)"
-            " VALUES (?, ?, ?, 'reserved', ?, ?, ?)",
-            [request_id, line.id, now_us, expires_us, cost_micro, tokens],
-        )
+    _insert_charges(
+        tx, [(request_id, line.id, now_us, "reserved", expires_us, cost_micro, tokens)
+             for line in ordered],
+    )  # fmt: skip
 
 
 def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
@@ -185,14 +182,11 @@ def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: dat
     # Released or expired reservations are still charged: the provider call did happen.
     tx.lock_lines(sorted(found.line_ids))
     tx.run("DELETE FROM rolegate_charges WHERE request_id = ?", [request_id])
-    for line_id in sorted(found.line_ids):
-        # Charged in the window the call was admitted in, not the one it finished in.
-        tx.run(
-            "INSERT INTO rolegate_charges"
-            " (request_id, line_id, at_us, state, expires_us, cost_micro, tokens)"
-            " VALUES (?, ?, ?, 'committed', NULL, ?, ?)",
-            [request_id, line_id, found.at_us, cost_micro, tokens],
-        )
+    # Charged in the window the call was admitted in, not the one it finished in.
+    _insert_charges(
+        tx, [(request_id, line_id, found.at_us, "committed", None, cost_micro, tokens)
+             for line_id in sorted(found.line_ids)],
+    )  # fmt: skip
     tx.run(
         "UPDATE rolegate_requests SET state = 'committed', charged_micro = ?,"
         " charged_tokens = ?, settled_us = ? WHERE request_id = ?",
@@ -231,6 +225,18 @@ def do_sweep(tx: Tx, now: datetime) -> int:
             [request_id],
         )
     return len(expired)
+
+
+def _insert_charges(tx: Tx, rows: list[tuple[object, ...]]) -> None:
+    """All of a request's charge rows in one statement: one round trip while locked."""
+    if not rows:
+        return
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    tx.run(
+        "INSERT INTO rolegate_charges"
+        f" (request_id, line_id, at_us, state, expires_us, cost_micro, tokens) VALUES {values}",
+        [value for row in rows for value in row],
+    )
 
 
 def load(tx: Tx, request_id: str, *, lock: bool) -> Reservation | None:

@@ -9,12 +9,13 @@ the previous lock holder committed, so the check and the insert cannot overspend
 from __future__ import annotations
 
 import os
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -37,8 +38,27 @@ def redact(url: str) -> str:
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    query = "&".join(
+        item for item in parts.query.split("&") if item and item.split("=")[0] != "password"
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _idle_and_open(conn: psycopg.Connection[tuple[Any, ...]]) -> bool:
+    """False for a connection the server has closed (restart, failover, terminated session).
+
+    Between our transactions the server has nothing to say, so a readable socket means it
+    sent its goodbye; checking first spares the next admission a needless failure.
+    """
+    if conn.closed or conn.broken:
+        return False
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return not readable
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,28 +70,44 @@ class _Held:
 class _PgTx:
     for_update = " FOR UPDATE"
 
-    def __init__(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
-        self._cur = cur
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self._conn = conn
+        self._cur = conn.cursor()
+        self._lock: list[str] = []
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        self._cur.execute(sql.replace("?", "%s"), params)
+        self._execute(sql, params)
         return self._cur.fetchall()
 
     def run(self, sql: str, params: Sequence[object] = ()) -> int:
-        self._cur.execute(sql.replace("?", "%s"), params)
+        self._execute(sql, params)
         return self._cur.rowcount
 
     def lock_lines(self, line_ids: Sequence[str]) -> None:
-        if not line_ids:
+        # Sent together with the next statement (pipeline mode): one round trip fewer while
+        # the locks are held. The server still runs them in order, so the next statement's
+        # snapshot is taken after the locks are granted and sees the previous holder's rows.
+        self._lock = sorted(line_ids)
+
+    def _execute(self, sql: str, params: Sequence[object]) -> None:
+        sql = sql.replace("?", "%s")
+        if not self._lock:
+            self._cur.execute(sql, params)
             return
-        wanted = sorted(line_ids)
+        wanted, self._lock = self._lock, []
+        locker = self._conn.cursor()
         # ORDER BY sits below the row-locking step in the plan: rows are locked in id order.
-        self._cur.execute(
-            "SELECT line_id FROM rolegate_lines WHERE line_id = ANY(%s)"
-            " ORDER BY line_id FOR UPDATE",
-            [wanted],
+        lock_sql = (
+            "SELECT line_id FROM rolegate_lines WHERE line_id = ANY(%s) ORDER BY line_id FOR UPDATE"
         )
-        if len(self._cur.fetchall()) != len(wanted):
+        if psycopg.Pipeline.is_supported():
+            with self._conn.pipeline():
+                locker.execute(lock_sql, [wanted])
+                self._cur.execute(sql, params)
+        else:
+            locker.execute(lock_sql, [wanted])
+            self._cur.execute(sql, params)
+        if len(locker.fetchall()) != len(wanted):
             raise LedgerError(
                 "budget line rows are missing from rolegate_lines: the ledger schema was "
                 "changed while in use; restart rolegate"
@@ -102,7 +138,16 @@ class PostgresLedger(SqlLedger):
         self._guard = threading.Lock()
         self._known_lines: set[str] = set()
         self._closed = False
+        self._create_schema()
+
+    def _create_schema(self) -> None:
         with self._transaction(write=True) as tx:
+            # Skip DDL when the tables exist: a role with only DML rights may then use a
+            # schema an administrator created (CREATE ... IF NOT EXISTS needs CREATE rights).
+            tables = ["rolegate_requests", "rolegate_charges", "rolegate_audit", "rolegate_lines"]
+            found = tx.rows("SELECT count(to_regclass(t)) FROM unnest(?::text[]) AS t", [tables])
+            if found[0][0] == len(tables):
+                return
             tx.run("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK_KEY])
             for statement in [*SCHEMA.format(audit_id="BIGSERIAL PRIMARY KEY").split(";"), _LINES]:
                 if statement.strip():
@@ -118,8 +163,10 @@ class PostgresLedger(SqlLedger):
         if self._closed:
             raise LedgerError(f"the ledger {self.description} was closed")
         held: _Held | None = getattr(self._local, "held", None)
-        if held is not None and held.pid == os.getpid() and not held.conn.closed:
-            return held.conn
+        if held is not None and held.pid == os.getpid():
+            if _idle_and_open(held.conn):
+                return held.conn
+            self._forget(held.conn)
         # A connection inherited through fork() belongs to the parent: drop it, never use it.
         conn = self._connect()
         self._local.held = _Held(os.getpid(), conn)
@@ -139,8 +186,8 @@ class PostgresLedger(SqlLedger):
         try:
             conn = self._conn()
             try:
-                with conn.transaction(), conn.cursor() as cur:
-                    yield _PgTx(cur)
+                with conn.transaction():
+                    yield _PgTx(conn)
             finally:
                 if conn.broken:
                     # Fail this call closed; the next one opens a fresh connection.
@@ -148,7 +195,7 @@ class PostgresLedger(SqlLedger):
         except psycopg.Error as exc:
             raise LedgerError(
                 f"the budget ledger {self.description} cannot be used "
-                f"({type(exc).__name__}: {str(exc).strip()}): check that PostgreSQL is "
+                f"({type(exc).__name__}: {_first_line(exc)}): check that PostgreSQL is "
                 "running and reachable and that this role may write the rolegate_* tables; "
                 "admission fails closed until then"
             ) from exc

@@ -270,13 +270,14 @@ class Risk(Strict):
 
 
 class TokenEstimate(Strict):
-    bytes_per_token: float = Field(
+    chars_per_token: float = Field(
         default=2.0,
         gt=0,
         le=8,
-        description="Conservative UTF-8 bytes per token when no exact count is available.",
+        description="ASCII letters per token in the conservative estimate (digits, "
+        "punctuation, whitespace and non-ASCII bytes count one token each).",
     )
-    overhead_tokens: int = Field(default=16, ge=0, description="Chat template, per message.")
+    overhead_tokens: int = Field(default=32, ge=0, description="Chat template, per message.")
 
 
 class Lanes(Strict):

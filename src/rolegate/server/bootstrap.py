@@ -6,10 +6,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rolegate.errors import Code, RolegateError
+from rolegate.ledger import Ledger, open_ledger
 from rolegate.plugins.manager import Registry, build_registry
 from rolegate.policy import Policy
 from rolegate.server.runner import Runner
-from rolegate.server.service import Ledger, Rolegate
+from rolegate.server.service import Rolegate
 
 
 def build_service(
@@ -35,3 +36,8 @@ def build_service(
         name: kind.system_prompt for name, kind in registry.roles.items() if kind.system_prompt
     }
     return Rolegate(policy, runner=runner, ledger=ledger, role_prompts=prompts)
+
+
+def open_policy_ledger(policy: Policy, url: str | None) -> Ledger:
+    """The ledger named on the command line, else in the policy, else the default SQLite file."""
+    return open_ledger(url or policy.doc.ledger)

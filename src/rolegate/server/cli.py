@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from rolegate import __version__
-from rolegate.errors import PluginError, PolicyError, PolicyInvalidError, RequestError
+from rolegate.errors import LedgerError, PluginError, PolicyError, PolicyInvalidError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
 from rolegate.policy.loader import default_policy_text
 from rolegate.policy.schema import PolicyDocument
@@ -93,6 +93,40 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_budget(args: argparse.Namespace) -> int:
+    from rolegate.server.bootstrap import open_policy_ledger
+    from rolegate.server.service import Rolegate
+
+    policy = _load(args.policy)
+    ledger = open_policy_ledger(policy, args.ledger)
+    try:
+        report = Rolegate(policy, ledger=ledger).check_budget(
+            job=args.job,
+            role=args.role,
+            model=args.model,
+            text=args.text,
+            input_tokens=args.input_tokens,
+            output_tokens=args.output_tokens,
+        )
+    finally:
+        ledger.close()
+    print(report.model_dump_json(indent=2))
+    return 0 if report.check is None or report.check.admitted else 3
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from rolegate.server.bootstrap import open_policy_ledger
+
+    ledger = open_policy_ledger(_load(args.policy), args.ledger)
+    try:
+        records = ledger.recent_audit(args.limit)
+    finally:
+        ledger.close()
+    for record in records:
+        print(json.dumps(record, sort_keys=True, default=str))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     # Imported here so that `check` and `route` never pay for the MCP SDK's import.
     from rolegate.server.serve import serve
@@ -138,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--policy")
     p.set_defaults(func=_cmd_policy)
 
+    p = sub.add_parser("budget", help="spend, reservations and what is left per budget scope")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--ledger", help="ledger URL (default: the policy's, else the SQLite file)")
+    p.add_argument("--job")
+    p.add_argument("--role")
+    p.add_argument("--model")
+    p.add_argument("--text", help="input text to count for the fit check")
+    p.add_argument("--input-tokens", type=int)
+    p.add_argument("--output-tokens", type=int)
+    p.set_defaults(func=_cmd_budget)
+
+    p = sub.add_parser("audit", help="recent audit records (ids, models, counts, codes; no text)")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--ledger", help="ledger URL")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_cmd_audit)
+
     p = sub.add_parser("plugins", help="list plugins found, their distribution and what they add")
     p.add_argument("--block", action="append", default=[], help="block a plugin by name")
     p.set_defaults(func=_cmd_plugins)
@@ -159,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except (PolicyError, RequestError, PluginError) as exc:
+    except (PolicyError, RequestError, PluginError, LedgerError) as exc:
         print(str(exc), file=sys.stderr)
         return 2 if isinstance(exc, RequestError) else 1
     return result

@@ -28,6 +28,8 @@ from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.contracts import check_output
 from rolegate.policy.router import check_model
 from rolegate.policy.tokens import estimate_tokens
+from rolegate.server.accounting import Call as _Call
+from rolegate.server.accounting import reserve, settle
 from rolegate.server.logs import get_logger
 from rolegate.server.models import FallbackInfo, RunResult
 from rolegate.server.outcome import finish_run
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 
 log = get_logger()
 Role = Literal["system", "user", "assistant"]
-OWNER = f"pid{os.getpid()}:{uuid.uuid4().hex[:8]}"
 MAX_PROMPT_CHARS = 4_000_000
 LEASE_MARGIN_S = 30.0
 
@@ -48,18 +49,6 @@ class Consent:
 
     granted: bool
     asked: bool
-
-
-@dataclass(slots=True)
-class _Call:
-    """One provider call's bookkeeping (never any text)."""
-
-    request_id: str
-    info: ModelInfo
-    input_tokens: int
-    input_exact: bool
-    max_output: int
-    reserved: bool = False
 
 
 def _messages(
@@ -154,18 +143,22 @@ class Runner:
         self._clients.clear()
 
     async def count(self, info: ModelInfo, messages: list[Message]) -> tuple[int, bool]:
-        """Exact count from a local server that can tokenize, else the conservative estimate.
+        """Input tokens for admission: the policy's conservative estimate, or an exact count.
 
-        Cloud servers are never asked to count: text goes to them only in the admitted call.
+        The exact count costs round trips, so it is asked for only when the estimate does
+        not fit, and only from local servers (cloud servers get text only in the admitted
+        call). Real usage from the provider replaces either once the call is done.
         """
-        if info.locality == "local":
+        settings = self.policy.doc.token_estimate
+        text = "\n".join(m.content for m in messages)
+        estimate = estimate_tokens(text, settings, messages=len(messages))
+        limit = info.max_input_tokens
+        if limit is not None and estimate > limit and info.locality == "local":
             client = self.client(info.model.provider)
             exact = await client.count_tokens(info.model.name, messages)
             if exact is not None:
                 return exact.tokens, True
-        settings = self.policy.doc.token_estimate
-        text = "\n".join(m.content for m in messages)
-        return estimate_tokens(text, settings, messages=len(messages)), False
+        return estimate, False
 
     def _refuse_if(
         self,
@@ -212,24 +205,10 @@ class Runner:
         self._refuse_if(service, info, role=role, job=job, tokens=tokens, max_output=max_output)
         call = _Call("req_" + uuid.uuid4().hex, info, tokens, exact, max_output)
         if service.ledger is not None:
-            lines = self.policy.budgets_touching(
-                job=job, role=role, model=info.id, provider=info.model.provider
-            )
             timeout = (
                 info.model.timeout_s or self.policy.doc.providers[info.model.provider].timeout_s
             )
-            await anyio.to_thread.run_sync(
-                lambda: service.ledger.reserve(  # type: ignore[union-attr]
-                    request_id=call.request_id,
-                    owner=OWNER,
-                    lines=lines,
-                    cost_micro=info.worst_case_cost_micro(tokens, max_output),
-                    tokens=tokens + max_output,
-                    now=service.clock(),
-                    lease_s=timeout + LEASE_MARGIN_S,
-                )
-            )
-            call.reserved = True
+            await reserve(service, call, role=role, job=job, lease_s=timeout + LEASE_MARGIN_S)
         return call
 
     async def invoke(
@@ -265,41 +244,11 @@ class Runner:
             return result
         finally:
             with anyio.CancelScope(shield=True):
-                await self._settle(
-                    service, call, result, partial if result is None else None, chunks
-                )
+                await settle(service, call, result, partial if result is None else None, chunks)
 
     def _lane(self, info: ModelInfo) -> Any:
         lane = self._lanes.get(info.model.weight) if info.locality == "local" else None
         return lane if lane is not None else _NoLane()
-
-    async def _settle(
-        self,
-        service: Rolegate,
-        call: _Call,
-        result: ChatResult | None,
-        partial: int | None,
-        chunks: int,
-    ) -> None:
-        """Commit what was used: real usage, worst case if unreported, partial on a break."""
-        if service.ledger is None or not call.reserved:
-            return
-        ledger = service.ledger
-        now = service.clock()
-        if result is None and partial is None and chunks == 0:
-            await anyio.to_thread.run_sync(lambda: ledger.release(call.request_id, now))
-            return
-        if result is not None and result.output_tokens is not None:
-            inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
-            out = result.output_tokens
-        elif result is not None:
-            inp, out = call.input_tokens, call.max_output  # no usage reported: worst case
-        else:
-            inp, out = call.input_tokens, max(partial or 0, chunks)
-        cost = call.info.worst_case_cost_micro(inp, out)
-        await anyio.to_thread.run_sync(
-            lambda: ledger.commit(call.request_id, cost_micro=cost, tokens=inp + out, now=now)
-        )
 
     async def run(self, service: Rolegate, **kw: Any) -> RunResult:
         return await run_role(self, service, **kw)

@@ -86,10 +86,11 @@ def serve(args: argparse.Namespace) -> int:
     policy = load_for_serving(args.policy)
     if policy is None:
         return 1
-    from rolegate.server.bootstrap import build_service
+    from rolegate.server.bootstrap import build_service, open_policy_ledger
 
     try:
-        service = build_service(policy, block=args.block)
+        ledger = open_policy_ledger(policy, args.ledger)
+        service = build_service(policy, block=args.block, ledger=ledger)
     except (RolegateError, PluginError) as exc:
         print(f"rolegate: {exc}", file=sys.stderr)
         return 1
@@ -103,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
         policy=policy.name,
         policy_hash=policy.hash,
         models=len(policy.models),
+        ledger=ledger.description,
     )
     if args.transport == "stdio":
         server.run("stdio")

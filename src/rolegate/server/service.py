@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rolegate.errors import Code, ProviderError, RefusedError, RequestError
+from rolegate.ledger.base import Ledger
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
 from rolegate.policy.decision import PolicyRef, Risk, ScopeUsage
 from rolegate.policy.escalation import (
@@ -71,22 +72,6 @@ class RunnerLike(Protocol):
     async def run(self, service: Rolegate, **kwargs: Any) -> RunResult: ...
 
     async def probe(self, model: str) -> bool: ...
-
-
-class Ledger(Protocol):
-    """The part of rolegate.ledger.Ledger the service uses."""
-
-    description: str
-
-    def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot: ...
-
-    def reserve(self, **kwargs: Any) -> None: ...
-
-    def commit(self, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None: ...
-
-    def release(self, request_id: str, now: datetime) -> None: ...
-
-    def audit(self, record: Mapping[str, object]) -> None: ...
 
 
 class Rolegate:

@@ -51,7 +51,9 @@ class EchoClient:
 class EchoProviderType:
     name = "echo"
 
-    def create(self, config: Provider, *, api_key: str | None, transport: Any = None) -> ProviderClient:
+    def create(
+        self, config: Provider, *, api_key: str | None, transport: Any = None
+    ) -> ProviderClient:
         return EchoClient(config)
 
 

@@ -1,0 +1,141 @@
+"""Shared helpers, and the code child processes run (importable by a spawned interpreter)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Barrier, Event
+from typing import Any
+
+from rolegate.errors import RolegateError
+from rolegate.ledger import BudgetExhaustedError, default_owner, open_ledger
+from rolegate.policy.compiled import BudgetLine
+
+T0 = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+
+
+def line(
+    line_id: str,
+    *,
+    usd_micro: int | None = None,
+    tokens: int | None = None,
+    window: str = "day",
+    window_seconds: int | None = None,
+) -> BudgetLine:
+    if window == "rolling":
+        assert window_seconds is not None
+    return BudgetLine(line_id, "global", None, window, window_seconds, usd_micro, tokens)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The one part of a Policy that ``snapshot`` reads."""
+
+    budgets: tuple[BudgetLine, ...]
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def reserve_many(
+    url: str,
+    worker: int,
+    count: int,
+    lines: tuple[BudgetLine, ...],
+    cost: int,
+    tokens: int,
+    barrier: Barrier,
+    results: Any,
+) -> None:
+    """Reserve ``count`` times as fast as possible once every worker is at the barrier;
+    then, after a second barrier (all reservations done), commit every other one."""
+    ledger = open_ledger(url)
+    owner = default_owner()
+    admitted: list[str] = []
+    refused = 0
+    errors: list[str] = []
+    latencies: list[float] = []
+    barrier.wait(timeout=120)
+    for j in range(count):
+        request_id = f"w{worker}-{j}"
+        started = time.perf_counter()
+        try:
+            ledger.reserve(
+                request_id=request_id,
+                owner=owner,
+                lines=lines,
+                cost_micro=cost,
+                tokens=tokens,
+                now=T0,
+                lease_s=3600,
+            )
+            admitted.append(request_id)
+        except BudgetExhaustedError:
+            refused += 1
+        except RolegateError as exc:  # counted, and the test requires none
+            errors.append(str(exc))
+        latencies.append(time.perf_counter() - started)
+    barrier.wait(timeout=120)
+    committed: dict[str, int] = {}
+    for k, request_id in enumerate(admitted):
+        if k % 2 == 0:
+            charge = cost - k % 5  # real usage at or below the reserved worst case
+            ledger.commit(request_id, cost_micro=charge, tokens=tokens, now=T0)
+            committed[request_id] = charge
+    ledger.close()
+    results.put((worker, admitted, refused, errors, committed, latencies))
+
+
+def reserve_then_hang(
+    url: str, lines: tuple[BudgetLine, ...], count: int, lease_s: float, ready: Event
+) -> None:
+    """Hold ``count`` reservations, then wait to be killed with SIGKILL."""
+    ledger = open_ledger(url)
+    for j in range(count):
+        ledger.reserve(
+            request_id=f"doomed-{j}",
+            owner=default_owner(),
+            lines=lines,
+            cost_micro=100,
+            tokens=10,
+            now=T0,
+            lease_s=lease_s,
+        )
+    ready.set()
+    time.sleep(600)
+
+
+def hang_inside_transaction(url: str, line_id: str, ready: Event) -> None:
+    """Take the writer's lock on ``line_id`` and write, then wait to be killed mid-transaction."""
+    ledger = open_ledger(url)
+    ledger._prepare_lines([line_id])  # type: ignore[attr-defined]
+    with ledger._transaction(write=True) as tx:  # type: ignore[attr-defined]
+        tx.lock_lines([line_id])
+        tx.run("INSERT INTO rolegate_audit (at_us, record) VALUES (?, ?)", [0, '{"x":1}'])
+        ready.set()
+        time.sleep(600)
+
+
+def try_after_breaking(backend: Any, lines: tuple[BudgetLine, ...], results: Any) -> None:
+    """Reserve once, make the store unwritable, then report what each call does."""
+    ledger = backend.open()
+    common = {"owner": default_owner(), "lines": lines, "tokens": 10, "now": T0, "lease_s": 60}
+    ledger.reserve(request_id="before", cost_micro=100, **common)
+    backend.make_unwritable()
+    outcome: dict[str, str] = {}
+    calls: dict[str, Callable[[], object]] = {
+        "reserve": lambda: ledger.reserve(request_id="after", cost_micro=100, **common),
+        "commit": lambda: ledger.commit("before", cost_micro=90, tokens=9, now=T0),
+        "audit": lambda: ledger.audit({"event": "call", "request_id": "after"}),
+        "snapshot": lambda: ledger.snapshot(Budgets(lines), T0),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            outcome[name] = "ok"
+        except RolegateError as exc:
+            outcome[name] = f"{exc.code}|{exc.message}"
+    results.put(outcome)
