@@ -32,6 +32,7 @@ class ChatRequest:
     stream: bool = True
     temperature: float | None = None
     keep_alive: str | None = None
+    json_schema: dict[str, Any] | None = None  # constrain the output, where the server can
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -254,12 +254,32 @@ class Pipeline(Strict):
     stages: tuple[Stage, ...] = ()
 
 
+JsonType = Literal["string", "number", "integer", "boolean", "array", "object"]
+
+
 class Contract(Strict):
     """An output a role must produce: a JSON object with these keys."""
 
     format: Literal["json"] = "json"
     required: tuple[str, ...] = ()
+    types: dict[str, JsonType] = Field(
+        default_factory=dict, description="JSON type per key (default: any)."
+    )
     confidence_field: str | None = None
+    enforce: bool = Field(
+        default=False,
+        description="Ask the provider for schema-constrained output (json_schema / format); "
+        "the output is still validated either way.",
+    )
+
+    def json_schema(self) -> dict[str, object]:
+        """The contract as a JSON Schema, for providers that constrain output with one."""
+        props: dict[str, object] = {key: {"type": kind} for key, kind in self.types.items()}
+        for key in self.required:
+            props.setdefault(key, {})
+        if self.confidence_field is not None:
+            props[self.confidence_field] = {"type": "number", "minimum": 0, "maximum": 1}
+        return {"type": "object", "properties": props, "required": list(self.required)}
 
 
 class Risk(Strict):

@@ -212,7 +212,13 @@ class Runner:
         return call
 
     async def invoke(
-        self, service: Rolegate, call: _Call, messages: list[Message], *, stream_to: Any
+        self,
+        service: Rolegate,
+        call: _Call,
+        messages: list[Message],
+        *,
+        stream_to: Any,
+        schema: dict[str, Any] | None = None,
     ) -> ChatResult:
         info = call.info
         provider = self.policy.doc.providers[info.model.provider]
@@ -223,6 +229,7 @@ class Runner:
             max_output_tokens=call.max_output,
             timeout_s=timeout,
             stream=True,
+            json_schema=schema,
         )
         chunks = 0
 
@@ -323,6 +330,8 @@ async def run_role(
     if task_id and stage:
         service.check_owner(task_id, stage, role, info.id)
     max_output = max_output_tokens or doc.defaults.max_output_tokens
+    contract = doc.contracts.get(role_def.output_contract) if role_def.output_contract else None
+    schema = contract.json_schema() if contract is not None and contract.enforce else None
     ch = channel or doc.defaults.channel
     streaming = ch is None or (
         doc.channels[ch].streaming
@@ -332,7 +341,9 @@ async def run_role(
     fallback: FallbackInfo | None = None
     call = await runner.admit(service, info, chat, role=role, job=job, max_output=max_output)
     try:
-        result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+        result = await runner.invoke(
+            service, call, chat, stream_to=ctx if streaming else None, schema=schema
+        )
     except ProviderError as exc:
         step = await _fallback(runner, service, role, exc, info, ctx, consent)
         if step is None:
@@ -353,7 +364,9 @@ async def run_role(
         call = await runner.admit(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )
-        result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+        result = await runner.invoke(
+            service, call, chat, stream_to=ctx if streaming else None, schema=schema
+        )
     # Validation stage (seed 002): re-run on a contract violation, a bounded number of times.
     attempts = 1
     retries = _validation_retries(policy, role, stage)
@@ -368,7 +381,9 @@ async def run_role(
         call = await runner.admit(
             service, call.info, chat, role=role, job=job, max_output=max_output
         )
-        result = await runner.invoke(service, call, chat, stream_to=ctx if streaming else None)
+        result = await runner.invoke(
+            service, call, chat, stream_to=ctx if streaming else None, schema=schema
+        )
         attempts += 1
         retries -= 1
     return finish_run(

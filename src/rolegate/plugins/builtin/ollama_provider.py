@@ -94,6 +94,8 @@ class OllamaClient:
         }
         if request.keep_alive is not None:
             kwargs["keep_alive"] = request.keep_alive
+        if request.json_schema is not None:
+            kwargs["format"] = request.json_schema
         return kwargs
 
     async def _once(self, request: ChatRequest) -> ChatResult:

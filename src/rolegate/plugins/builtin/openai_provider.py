@@ -188,6 +188,11 @@ def _params(request: ChatRequest) -> dict[str, Any]:
     }
     if request.temperature is not None:
         params["temperature"] = request.temperature
+    if request.json_schema is not None:
+        params["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": request.json_schema},
+        }
     params.update(request.extra)
     return params
 
