@@ -1,7 +1,7 @@
 """rolegate's MCP server over stdio against the bare SDK baseline (benchmarks/bare_server.py).
 
 Run: python benchmarks/bench_server.py [--runs 15] [--calls 2000] [--era legacy|2026-07-28|both]
-                                        [--client] [--log-level LEVEL]
+                                        [--client] [--imports] [--log-level LEVEL]
 
 What it measures, both servers side by side, each as its own subprocess:
   cold start   wall time from spawning the process to reading the tools/list answer, over
@@ -18,6 +18,9 @@ How: raw JSON-RPC, one JSON object per line, over the subprocess's stdin/stdout 
 server's time plus pipe latency). --client adds the same two measurements through the SDK's
 ``mcp.Client`` (StdioServerParameters), which is what a Python agent sees; its extra cost is
 client-side (anyio streams, result validation), not the server's.
+--imports adds where the cold-start difference comes from: both servers run under
+``python -X importtime`` with stdin at EOF (they start, then exit), and the import self-time is
+summed per top-level package; the table lists what rolegate pays beyond the bare SDK.
 
 The servers' stderr goes to a temporary file (a real host logs it somewhere too); rolegate
 runs with its default log level (INFO: one JSON line per tool call) unless --log-level is given.
@@ -38,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 HERE = Path(__file__).resolve().parent
 BARE_SERVER = HERE / "bare_server.py"
@@ -153,16 +156,28 @@ def check_tools(server: Server, names: Sequence[str]) -> None:
         raise BenchError(f"{server.label}: tools/list gave {sorted(names)}, not {server.tools}")
 
 
-def cold_start_once(server: Server, era: str, stderr: IO[bytes]) -> float:
+def cpu_ms(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc (Linux); else None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cold_start_once(server: Server, era: str, stderr: IO[bytes]) -> tuple[float, float | None]:
+    """Wall ms from spawn to the tools/list answer, and the server's CPU ms up to then."""
     t0 = time.perf_counter()
     session = RawSession(server, era, stderr)
     try:
         names = session.open()
         elapsed = (time.perf_counter() - t0) * 1000
+        cpu = cpu_ms(session.proc.pid)
     finally:
         session.close()
     check_tools(server, names)
-    return elapsed
+    return elapsed, cpu
 
 
 def check_call(server: Server, result: dict[str, Any], codes: dict[str, int]) -> None:
@@ -197,7 +212,7 @@ def round_trip(
 
 
 async def client_measure(
-    server: Server, era: str, calls: int, warmup: int, stderr: IO[str]
+    server: Server, era: str, calls: int, warmup: int, stderr: TextIO
 ) -> tuple[float, Stats]:
     """Cold start (spawn -> list_tools answered) and call round trip through mcp.Client."""
     from mcp import Client, StdioServerParameters
@@ -223,6 +238,49 @@ async def client_measure(
             if result.is_error:
                 raise BenchError(f"{server.label}: {server.call_name} failed: {result.content}")
     return cold, stats
+
+
+def import_self_ms(command: Sequence[str], runs: int) -> dict[str, float]:
+    """Median over ``runs`` of import self-time (ms) per top-level package while serving."""
+    per_run: list[dict[str, float]] = []
+    for _ in range(runs):
+        proc = subprocess.run(
+            [command[0], "-X", "importtime", *command[1:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        totals: dict[str, float] = {}
+        for line in proc.stderr.splitlines():
+            if not line.startswith("import time:") or "|" not in line:
+                continue
+            self_us, _, name = (part.strip() for part in line[12:].split("|"))
+            if self_us.isdigit():
+                top = name.split(".")[0]
+                totals[top] = totals.get(top, 0.0) + int(self_us) / 1000
+        per_run.append(totals)
+    names = set().union(*per_run)
+    return {n: statistics.median(r.get(n, 0.0) for r in per_run) for n in names}
+
+
+def import_report(rolegate: Server, bare: Server, runs: int) -> list[str]:
+    print(f"[imports] -X importtime x{runs} each ...", file=sys.stderr, flush=True)
+    r = import_self_ms(rolegate.command, runs)
+    b = import_self_ms(bare.command, runs)
+    extra = sorted(((r[n] - b.get(n, 0.0), n) for n in r), reverse=True)
+    out = [
+        f"import self-time while serving, median of {runs} (ms; -X importtime inflates it)",
+        f"  {'package':<34}{'rolegate':>9}{'bare':>9}{'extra':>9}",
+    ]
+    for delta, name in extra[:12]:
+        out.append(f"  {name:<34}{r[name]:9.1f}{b.get(name, 0.0):9.1f}{delta:+9.1f}")
+    rest = sum(d for d, _ in extra[12:])
+    out.append(f"  {'(all other packages)':<34}{'':>9}{'':>9}{rest:+9.1f}")
+    out.append(f"  {'total':<34}{sum(r.values()):9.1f}{sum(b.values()):9.1f}")
+    return out
 
 
 def ratio(a: float, b: float) -> str:
@@ -251,21 +309,38 @@ def bench_era(
     for server in (rolegate, bare):  # discarded warm-up spawns
         cold_start_once(server, era, stderr)
     cold = {rolegate.label: Stats(), bare.label: Stats()}
+    cpu = {rolegate.label: Stats(), bare.label: Stats()}
     for _ in range(args.runs):
         for server in (rolegate, bare):
-            cold[server.label].samples_ms.append(cold_start_once(server, era, stderr))
+            wall, used = cold_start_once(server, era, stderr)
+            cold[server.label].samples_ms.append(wall)
+            if used is not None:
+                cpu[server.label].samples_ms.append(used)
     r, b = cold[rolegate.label], cold[bare.label]
+    have_cpu = all(len(c.samples_ms) == args.runs for c in cpu.values())
     out.append(f"cold start, spawn -> tools/list answer, era {era}, {args.runs} runs (ms)")
-    out.append(f"  {'server':<34}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}")
+    out.append(
+        f"  {'server':<34}{'median':>9}{'p90':>9}{'min':>9}{'max':>9}"
+        + (f"{'cpu med':>9}" if have_cpu else "")
+    )
     for label, s in cold.items():
         out.append(
             f"  {label:<34}{s.median:9.1f}{s.pct(90):9.1f}"
             f"{min(s.samples_ms):9.1f}{max(s.samples_ms):9.1f}"
+            + (f"{cpu[label].median:9.0f}" if have_cpu else "")
         )
     out.append(
         f"  {'ratio rolegate/bare':<34}{ratio(r.median, b.median):>9}"
-        f"{ratio(r.pct(90), b.pct(90)):>9}   target median <= 1.25x: "
-        f"{verdict(r.median <= 1.25 * b.median)}"
+        f"{ratio(r.pct(90), b.pct(90)):>9}{'':>18}"
+        + (f"{ratio(cpu[rolegate.label].median, cpu[bare.label].median):>9}" if have_cpu else "")
+    )
+    out.append(
+        f"  target: median <= 1.25x bare: {verdict(r.median <= 1.25 * b.median)}"
+        + (
+            "   (cpu = server user+sys CPU until the answer, /proc; robust to load)"
+            if have_cpu
+            else ""
+        )
     )
 
     print(f"[{era}] round trip x{args.calls} each ...", file=sys.stderr, flush=True)
@@ -327,6 +402,7 @@ def main() -> int:
     parser.add_argument("--era", choices=["legacy", MODERN_VERSION, "both"], default="legacy")
     parser.add_argument("--client", action="store_true", help="also measure through mcp.Client")
     parser.add_argument("--client-calls", type=int, default=500)
+    parser.add_argument("--imports", action="store_true", help="explain cold start by import")
     parser.add_argument("--log-level", help="pass --log-level to rolegate serve")
     args = parser.parse_args()
 
@@ -357,6 +433,9 @@ def main() -> int:
             for era in eras:
                 lines.append("")
                 lines.extend(bench_era(rolegate, bare, era, args, stderr))
+            if args.imports:
+                lines.append("")
+                lines.extend(import_report(rolegate, bare, 3))
         except BenchError as exc:
             stderr.seek(0)
             tail = stderr.read()[-2000:].decode(errors="replace")

@@ -12,7 +12,7 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
 from rolegate.plugins.base import ChatRequest, Message
-from rolegate.plugins.builtin.openai_provider import OpenAIClient
+from rolegate.plugins.builtin.openai_client import OpenAIClient
 from rolegate.policy import Policy, load_policy
 from rolegate.policy.schema import Provider, TokenEstimate
 from rolegate.policy.tokens import estimate_tokens

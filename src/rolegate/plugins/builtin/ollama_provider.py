@@ -3,161 +3,18 @@
 Chat (streaming or not), keep_alive, model listing; usage from
 prompt_eval_count / eval_count. Ollama has no tokenize endpoint, so input
 counts before a call are the policy's conservative estimate.
+
+This module only registers the type; the client (and the ollama SDK, slow to import) is
+loaded when the first call needs it, so the server starts as fast as the bare SDK.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import anyio
-import httpx
-import ollama
-
-from rolegate.errors import Code, ProviderError
-from rolegate.plugins.base import (
-    ChatRequest,
-    ChatResult,
-    Message,
-    OnDelta,
-    ProviderClient,
-    TokenCount,
-)
+from rolegate.plugins.base import ProviderClient
 from rolegate.plugins.hookspecs import hookimpl
 from rolegate.policy.schema import Provider
-
-
-class OllamaClient:
-    def __init__(
-        self,
-        config: Provider,
-        api_key: str | None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.config = config
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        kwargs: dict[str, Any] = {
-            "timeout": httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            "headers": headers,
-        }
-        if transport is not None:
-            kwargs["transport"] = transport
-        self._client = ollama.AsyncClient(host=config.base_url, **kwargs)
-
-    async def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResult:
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            received = [0]
-            try:
-                with anyio.fail_after(request.timeout_s):
-                    if request.stream:
-                        return await self._stream(request, on_delta, received)
-                    return await self._once(request)
-            except TimeoutError:
-                raise ProviderError(
-                    f"{request.model} did not finish within {request.timeout_s:g}s",
-                    code=Code.PROVIDER_TIMEOUT,
-                ) from None
-            except (ConnectionError, httpx.TransportError) as exc:
-                if received[0]:
-                    err = ProviderError(
-                        f"{request.model}: the stream broke after {received[0]} chunk(s): {exc}",
-                        code=Code.PROVIDER_ERROR,
-                    )
-                    err.partial_output_tokens = received[0]
-                    raise err from exc
-                if attempt + 1 == attempts:
-                    raise ProviderError(
-                        f"{request.model}: cannot reach {self.config.base_url}: {exc}",
-                        code=Code.PROVIDER_UNAVAILABLE,
-                    ) from exc
-            except ollama.ResponseError as exc:
-                raise ProviderError(
-                    f"{request.model}: server answered HTTP {exc.status_code}: {exc.error[:300]}",
-                    code=Code.PROVIDER_ERROR,
-                ) from exc
-            except (ValueError, KeyError) as exc:
-                raise ProviderError(
-                    f"{request.model}: malformed response: {exc}", code=Code.BAD_RESPONSE
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
-        options: dict[str, Any] = {"num_predict": request.max_output_tokens}
-        if request.temperature is not None:
-            options["temperature"] = request.temperature
-        kwargs: dict[str, Any] = {
-            "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "options": options,
-        }
-        if request.keep_alive is not None:
-            kwargs["keep_alive"] = request.keep_alive
-        if request.json_schema is not None:
-            kwargs["format"] = request.json_schema
-        return kwargs
-
-    async def _once(self, request: ChatRequest) -> ChatResult:
-        resp = await self._client.chat(**self._kwargs(request), stream=False)
-        return ChatResult(
-            text=resp.message.content or "",
-            input_tokens=resp.prompt_eval_count,
-            output_tokens=resp.eval_count,
-            finish_reason=resp.done_reason,
-            streamed=False,
-        )
-
-    async def _stream(
-        self, request: ChatRequest, on_delta: OnDelta | None, received: list[int]
-    ) -> ChatResult:
-        started = time.perf_counter()
-        ttft: float | None = None
-        parts: list[str] = []
-        input_tokens = output_tokens = None
-        finish: str | None = None
-        stream: AsyncIterator[ollama.ChatResponse] = await self._client.chat(
-            **self._kwargs(request), stream=True
-        )
-        try:
-            async for chunk in stream:
-                received[0] += 1
-                delta = chunk.message.content if chunk.message else None
-                if delta:
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    parts.append(delta)
-                    if on_delta is not None:
-                        await on_delta(delta)
-                if chunk.done:
-                    input_tokens, output_tokens = chunk.prompt_eval_count, chunk.eval_count
-                    finish = chunk.done_reason
-        finally:
-            # Closing the generator closes the HTTP response: upstream generation stops.
-            await stream.aclose()  # type: ignore[attr-defined]
-        return ChatResult(
-            text="".join(parts),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            finish_reason=finish,
-            ttft_s=ttft,
-            streamed=True,
-        )
-
-    async def count_tokens(self, model: str, messages: Sequence[Message]) -> TokenCount | None:
-        return None
-
-    async def list_models(self) -> list[str]:
-        try:
-            listing = await self._client.list()
-        except (ConnectionError, httpx.TransportError) as exc:
-            raise ProviderError(
-                f"cannot reach {self.config.base_url}: {exc}", code=Code.PROVIDER_UNAVAILABLE
-            ) from exc
-        return sorted(m.model for m in listing.models if m.model)
-
-    async def aclose(self) -> None:
-        await self._client.close()  # type: ignore[no-untyped-call]
 
 
 class OllamaProviderType:
@@ -166,6 +23,8 @@ class OllamaProviderType:
     def create(
         self, config: Provider, *, api_key: str | None, transport: Any = None
     ) -> ProviderClient:
+        from rolegate.plugins.builtin.ollama_client import OllamaClient
+
         return OllamaClient(config, api_key, transport)
 
 

@@ -4,214 +4,18 @@ OpenAI, vLLM, llama.cpp's server, LM Studio, DeepSeek, Moonshot/Kimi and
 OpenRouter. Uses the openai SDK's AsyncOpenAI (its own retries off: rolegate
 retries only before any byte arrived). Exact input-token counts come from
 llama.cpp's /apply-template + /tokenize where the server offers them.
+
+This module only registers the type; the client (and the openai SDK, slow to import) is
+loaded when the first call needs it, so the server starts as fast as the bare SDK.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from typing import Any
 
-import anyio
-import httpx2
-import openai
-
-from rolegate.errors import Code, ProviderError
-from rolegate.plugins.base import (
-    ChatRequest,
-    ChatResult,
-    Message,
-    OnDelta,
-    ProviderClient,
-    TokenCount,
-)
+from rolegate.plugins.base import ProviderClient
 from rolegate.plugins.hookspecs import hookimpl
 from rolegate.policy.schema import Provider
-
-
-class OpenAIClient:
-    def __init__(
-        self,
-        config: Provider,
-        api_key: str | None,
-        transport: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.config = config
-        timeout = httpx2.Timeout(config.timeout_s, connect=config.connect_timeout_s)
-        self._http = httpx2.AsyncClient(transport=transport, timeout=timeout)
-        self._client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=api_key or "unused",
-            max_retries=0,
-            timeout=timeout,
-            http_client=self._http,
-        )
-        root = config.base_url.rstrip("/")
-        self._server_root = root.removesuffix("/v1")
-        self._can_tokenize: bool | None = None
-
-    async def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResult:
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
-            state = _StreamState()
-            try:
-                with anyio.fail_after(request.timeout_s):
-                    if request.stream:
-                        return await self._stream(request, on_delta, state)
-                    return await self._once(request)
-            except TimeoutError:
-                raise ProviderError(
-                    f"{request.model} did not finish within {request.timeout_s:g}s",
-                    code=Code.PROVIDER_TIMEOUT,
-                ) from None
-            except openai.APIConnectionError as exc:
-                if state.received or attempt + 1 == attempts:
-                    raise _connection_error(request.model, exc, state) from exc
-            except openai.APIStatusError as exc:
-                raise ProviderError(
-                    f"{request.model}: server answered HTTP {exc.status_code}: "
-                    f"{_short(exc.message)}",
-                    code=Code.PROVIDER_ERROR,
-                ) from exc
-            except (openai.APIResponseValidationError, ValueError) as exc:
-                raise ProviderError(
-                    f"{request.model}: malformed response: {_short(str(exc))}",
-                    code=Code.BAD_RESPONSE,
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _once(self, request: ChatRequest) -> ChatResult:
-        resp = await self._client.chat.completions.create(**_params(request))
-        if not resp.choices:
-            raise ProviderError(f"{request.model}: response had no choices", code=Code.BAD_RESPONSE)
-        choice = resp.choices[0]
-        usage = resp.usage
-        return ChatResult(
-            text=choice.message.content or "",
-            input_tokens=usage.prompt_tokens if usage else None,
-            output_tokens=usage.completion_tokens if usage else None,
-            finish_reason=choice.finish_reason,
-            streamed=False,
-        )
-
-    async def _stream(
-        self, request: ChatRequest, on_delta: OnDelta | None, state: _StreamState
-    ) -> ChatResult:
-        params = _params(request)
-        params["stream"] = True
-        params["stream_options"] = {"include_usage": True}
-        started = time.perf_counter()
-        stream = await self._client.chat.completions.create(**params)
-        # `async with` closes the HTTP response, so a cancelled caller stops the upstream work.
-        async with stream:
-            async for chunk in stream:
-                state.received = True
-                if chunk.usage is not None:
-                    state.input_tokens = chunk.usage.prompt_tokens
-                    state.output_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    delta = choice.delta.content if choice.delta else None
-                    if choice.finish_reason:
-                        state.finish = choice.finish_reason
-                    if delta:
-                        if state.ttft is None:
-                            state.ttft = time.perf_counter() - started
-                        state.parts.append(delta)
-                        state.deltas += 1
-                        if on_delta is not None:
-                            await on_delta(delta)
-        return ChatResult(
-            text="".join(state.parts),
-            input_tokens=state.input_tokens,
-            output_tokens=state.output_tokens,
-            finish_reason=state.finish,
-            ttft_s=state.ttft,
-            streamed=True,
-        )
-
-    async def count_tokens(self, model: str, messages: Sequence[Message]) -> TokenCount | None:
-        """Exact count via llama.cpp's /apply-template + /tokenize; None elsewhere."""
-        if self._can_tokenize is False:
-            return None
-        payload = {"messages": [{"role": m.role, "content": m.content} for m in messages]}
-        try:
-            templ = await self._http.post(f"{self._server_root}/apply-template", json=payload)
-            if templ.status_code != 200:
-                self._can_tokenize = False
-                return None
-            prompt = templ.json()["prompt"]
-            tok = await self._http.post(
-                f"{self._server_root}/tokenize",
-                json={"content": prompt, "add_special": True, "parse_special": True},
-            )
-            if tok.status_code != 200:
-                self._can_tokenize = False
-                return None
-            tokens = tok.json()["tokens"]
-        except (httpx2.HTTPError, KeyError, ValueError, TypeError):
-            return None
-        self._can_tokenize = True
-        return TokenCount(tokens=len(tokens), exact=True)
-
-    async def list_models(self) -> list[str]:
-        try:
-            page = await self._client.models.list()
-        except openai.APIConnectionError as exc:
-            raise ProviderError(
-                f"cannot reach {self.config.base_url}: {exc}", code=Code.PROVIDER_UNAVAILABLE
-            ) from exc
-        return sorted(m.id for m in page.data)
-
-    async def aclose(self) -> None:
-        await self._client.close()
-        await self._http.aclose()
-
-
-class _StreamState:
-    __slots__ = ("deltas", "finish", "input_tokens", "output_tokens", "parts", "received", "ttft")
-
-    def __init__(self) -> None:
-        self.received = False
-        self.parts: list[str] = []
-        self.deltas = 0
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.finish: str | None = None
-        self.ttft: float | None = None
-
-
-def _params(request: ChatRequest) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "model": request.model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        "max_tokens": request.max_output_tokens,
-    }
-    if request.temperature is not None:
-        params["temperature"] = request.temperature
-    if request.json_schema is not None:
-        params["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "output", "schema": request.json_schema},
-        }
-    params.update(request.extra)
-    return params
-
-
-def _connection_error(model: str, exc: Exception, state: _StreamState) -> ProviderError:
-    if state.received:
-        err = ProviderError(
-            f"{model}: the stream broke after {state.deltas} chunk(s): {_short(str(exc))}",
-            code=Code.PROVIDER_ERROR,
-        )
-        err.partial_output_tokens = state.output_tokens or state.deltas
-        return err
-    return ProviderError(
-        f"{model}: cannot reach the server: {_short(str(exc))}", code=Code.PROVIDER_UNAVAILABLE
-    )
-
-
-def _short(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class OpenAIProviderType:
@@ -220,7 +24,12 @@ class OpenAIProviderType:
     def create(
         self, config: Provider, *, api_key: str | None, transport: Any = None
     ) -> ProviderClient:
-        assert transport is None or isinstance(transport, httpx2.AsyncBaseTransport)
+        import httpx2
+
+        from rolegate.plugins.builtin.openai_client import OpenAIClient
+
+        if transport is not None and not isinstance(transport, httpx2.AsyncBaseTransport):
+            raise TypeError(f"the openai provider needs an httpx2 transport, not {transport!r}")
         return OpenAIClient(config, api_key, transport)
 
 
