@@ -58,7 +58,10 @@ def free_port() -> int:
 
 @contextmanager
 def llama_server(
-    ctx: int = 4096, parallel: int = 2, log: Path | None = None
+    ctx: int = 4096,
+    parallel: int = 2,
+    log: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[LlamaServer]:
     binary, gguf = require_llama()
     port = free_port()
@@ -82,6 +85,7 @@ def llama_server(
             "--no-webui",
             "-a",
             ALIAS,
+            *extra_args,
         ],
         stdin=subprocess.DEVNULL,
         stdout=out,

@@ -1,0 +1,183 @@
+"""Concurrency lanes and client cancellation, against a real llama.cpp server through MCP.
+
+In-flight requests are counted by a transport wrapped around the real one (transports are
+injected), so the test sees exactly what reaches the server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+
+from rolegate.ledger import open_ledger
+from rolegate.policy import load_policy
+from rolegate.server.app import build_server
+from rolegate.server.bootstrap import build_service
+from tests.support.llama import LlamaServer, llama_server
+
+pytestmark = pytest.mark.anyio
+
+POLICY = """
+version: 1
+name: lanes-test
+providers:
+  llama: {{type: openai, base_url: "{v1}", locality: local, max_retries: 0}}
+models:
+  gemma-a: {{provider: llama, name: gemma3-270m, context_window: 1024, reserve_tokens: 128,
+             weight: heavy, timeout_s: 120, streaming: {{internal: true}}}}
+  gemma-b: {{provider: llama, name: gemma3-270m, context_window: 1024, reserve_tokens: 128,
+             weight: heavy, timeout_s: 120, streaming: {{internal: true}}}}
+roles:
+  first: {{model: gemma-a}}
+  second: {{model: gemma-b}}
+lanes: {{heavy: {heavy}}}
+budgets:
+  - {{scope: global, window: day, tokens: 1000000}}
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class _Counted(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, done: Any) -> None:
+        self._inner, self._done = inner, done
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._done()
+
+
+class CountingTransport(httpx2.AsyncBaseTransport):
+    """Counts chat requests in flight (request sent, response body not yet closed)."""
+
+    def __init__(self) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.active = 0
+        self.peak = 0
+        self.started = 0
+        self.closed = 0
+
+    def _done(self) -> None:
+        self.active -= 1
+        self.closed += 1
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if not request.url.path.endswith("/chat/completions"):
+            return await self._inner.handle_async_request(request)
+        self.active += 1
+        self.started += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._done()
+            raise
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        response.stream = _Counted(response.stream, self._done)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def build(server: LlamaServer, tmp_path: Path, heavy: int, transport: CountingTransport) -> Any:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(v1=server.v1, heavy=heavy))
+    ledger = open_ledger(f"sqlite://{tmp_path / 'ledger.sqlite3'}")
+    service = build_service(
+        load_policy(path), env={}, ledger=ledger, transports={"llama": transport}
+    )
+    return build_server(service)
+
+
+@pytest.mark.parametrize("heavy", [1, 2])
+async def test_heavy_lane_limits_calls_in_flight(
+    llama: LlamaServer, tmp_path: Path, heavy: int
+) -> None:
+    transport = CountingTransport()
+    server = build(llama, tmp_path, heavy, transport)
+    results: dict[str, Any] = {}
+
+    async def call(client: Client, role: str) -> None:
+        results[role] = await client.call_tool(
+            "run_role",
+            {"role": role, "prompt": "Describe the sea in two sentences.", "max_output_tokens": 24},
+        )
+
+    async with Client(server, mode="legacy") as client, anyio.create_task_group() as tg:
+        tg.start_soon(call, client, "first")
+        tg.start_soon(call, client, "second")
+    for role, result in results.items():
+        assert not result.is_error, (role, result.content)
+        assert result.structured_content["usage"]["output_tokens"] >= 1
+    assert transport.started == 2
+    assert transport.active == 0
+    # The llama fixture runs two slots, so without the lane both calls are in flight at once.
+    assert transport.peak == heavy
+
+
+async def test_client_cancellation_stops_the_upstream_generation(tmp_path: Path) -> None:
+    log = tmp_path / "llama.log"
+    transport = CountingTransport()
+    with llama_server(ctx=2048, parallel=1, log=log, extra_args=("--metrics",)) as llama:
+        server = build(llama, tmp_path, 1, transport)
+        deltas: list[str | None] = []
+        async with Client(server, mode="legacy") as client:
+            with anyio.CancelScope() as scope:
+
+                async def on_progress(done: float, total: float | None, msg: str | None) -> None:
+                    deltas.append(msg)
+                    if len(deltas) == 5:
+                        scope.cancel()
+
+                await client.call_tool(
+                    "run_role",
+                    {
+                        "role": "first",
+                        "prompt": "Write a very long story about a lighthouse keeper.",
+                        "max_output_tokens": 800,
+                    },
+                    progress_callback=on_progress,
+                )
+            assert scope.cancelled_caught
+            # The upstream response is closed once the server handler is cancelled.
+            with anyio.fail_after(30):
+                while transport.closed < 1:
+                    await anyio.sleep(0.05)
+                while await _slot_busy(llama):
+                    await anyio.sleep(0.05)
+            budget = await client.call_tool("check_budget", {})
+        predicted = _metric(llama, "llamacpp:tokens_predicted_total")
+    assert len(deltas) >= 5
+    assert "cancel task" in log.read_text(errors="replace")  # llama.cpp's own record
+    assert 5 <= predicted < 800
+    # Charged for what was produced, and nothing is left reserved.
+    (scope_line,) = budget.structured_content["scopes"]
+    assert scope_line["reserved_tokens"] == 0
+    assert scope_line["spent_tokens"] >= 5
+
+
+async def _slot_busy(llama: LlamaServer) -> bool:
+    async with httpx2.AsyncClient() as http:
+        slots = (await http.get(f"{llama.url}/slots", timeout=5)).json()
+    return any(slot["is_processing"] for slot in slots)
+
+
+def _metric(llama: LlamaServer, name: str) -> float:
+    text = httpx2.get(f"{llama.url}/metrics", timeout=5).text
+    (value,) = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
