@@ -225,3 +225,20 @@ def test_audit_keeps_records_newest_first_and_never_text(ledger: Ledger) -> None
             ledger.audit(bad)
     assert len(ledger.recent_audit(100)) == 2
     assert "secret" not in repr(ledger.recent_audit(100))
+
+
+def test_commit_and_release_write_their_audit_record_in_the_same_transaction(
+    ledger: Ledger,
+) -> None:
+    reserve(ledger, "a", [DAY], cost=500, tokens=50)
+    reserve(ledger, "b", [DAY], cost=500, tokens=50)
+    ledger.commit("a", cost_micro=120, tokens=12, now=at(1), audit={"kind": "call", "id": "a"})
+    ledger.release("b", at(2), audit={"kind": "call", "id": "b", "code": "PROVIDER_UNAVAILABLE"})
+    assert [r["id"] for r in ledger.recent_audit(10)] == ["b", "a"]
+    assert usage(ledger, DAY) == ScopeUsage(120, 0, 12, 0)
+    # A record with text is refused before anything is written: the charge is not half-made.
+    reserve(ledger, "c", [DAY], cost=500, tokens=50)
+    with pytest.raises(ValueError, match="never stores prompt or completion text"):
+        ledger.commit("c", cost_micro=7, tokens=1, now=at(3), audit={"prompt": "secret"})
+    assert usage(ledger, DAY) == ScopeUsage(120, 500, 12, 50)
+    assert len(ledger.recent_audit(10)) == 2

@@ -13,8 +13,9 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.server.mcpserver import MCPServer
 
-from rolegate.ledger import open_ledger
+from rolegate.ledger import Ledger, open_ledger
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
@@ -94,14 +95,16 @@ class CountingTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def build(server: LlamaServer, tmp_path: Path, heavy: int, transport: CountingTransport) -> Any:
+def build(
+    server: LlamaServer, tmp_path: Path, heavy: int, transport: CountingTransport
+) -> tuple[MCPServer, Ledger]:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(v1=server.v1, heavy=heavy))
     ledger = open_ledger(f"sqlite://{tmp_path / 'ledger.sqlite3'}")
     service = build_service(
         load_policy(path), env={}, ledger=ledger, transports={"llama": transport}
     )
-    return build_server(service)
+    return build_server(service), ledger
 
 
 @pytest.mark.parametrize("heavy", [1, 2])
@@ -109,7 +112,7 @@ async def test_heavy_lane_limits_calls_in_flight(
     llama: LlamaServer, tmp_path: Path, heavy: int
 ) -> None:
     transport = CountingTransport()
-    server = build(llama, tmp_path, heavy, transport)
+    server, _ = build(llama, tmp_path, heavy, transport)
     results: dict[str, Any] = {}
 
     async def call(client: Client, role: str) -> None:
@@ -134,7 +137,7 @@ async def test_client_cancellation_stops_the_upstream_generation(tmp_path: Path)
     log = tmp_path / "llama.log"
     transport = CountingTransport()
     with llama_server(ctx=2048, parallel=1, log=log, extra_args=("--metrics",)) as llama:
-        server = build(llama, tmp_path, 1, transport)
+        server, ledger = build(llama, tmp_path, 1, transport)
         deltas: list[str | None] = []
         async with Client(server, mode="legacy") as client:
             with anyio.CancelScope() as scope:
@@ -169,6 +172,10 @@ async def test_client_cancellation_stops_the_upstream_generation(tmp_path: Path)
     (scope_line,) = budget.structured_content["scopes"]
     assert scope_line["reserved_tokens"] == 0
     assert scope_line["spent_tokens"] >= 5
+    (record,) = [r for r in ledger.recent_audit(10) if r["kind"] == "call"]
+    assert record["code"] == "CANCELLED"
+    assert record["role"] == "first"
+    assert record["output_tokens"] >= 5
 
 
 async def _slot_busy(llama: LlamaServer) -> bool:

@@ -319,14 +319,30 @@ class SqlLedger(ABC):
                 lease_s=lease_s,
             )
 
-    def commit(self, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
+    def commit(
+        self,
+        request_id: str,
+        *,
+        cost_micro: int,
+        tokens: int,
+        now: datetime,
+        audit: Mapping[str, object] | None = None,
+    ) -> None:
         _check_amounts(cost_micro, tokens)
+        encoded = None if audit is None else audit_json(audit)
         with self._transaction(write=True) as tx:
             do_commit(tx, request_id, cost_micro=cost_micro, tokens=tokens, now=now)
+            if encoded is not None:
+                do_audit(tx, encoded, time.time_ns() // 1000)
 
-    def release(self, request_id: str, now: datetime) -> None:
+    def release(
+        self, request_id: str, now: datetime, *, audit: Mapping[str, object] | None = None
+    ) -> None:
+        encoded = None if audit is None else audit_json(audit)
         with self._transaction(write=True) as tx:
             do_release(tx, request_id, now)
+            if encoded is not None:
+                do_audit(tx, encoded, time.time_ns() // 1000)
 
     def sweep(self, now: datetime) -> int:
         with self._transaction(write=True) as tx:

@@ -67,12 +67,28 @@ class Ledger(Protocol):
         """
         ...
 
-    def commit(self, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
-        """Replace the reservation by the real charge; a second commit is a no-op."""
+    def commit(
+        self,
+        request_id: str,
+        *,
+        cost_micro: int,
+        tokens: int,
+        now: datetime,
+        audit: Mapping[str, object] | None = None,
+    ) -> None:
+        """Replace the reservation by the real charge; a second commit is a no-op.
+
+        ``audit``, when given, is appended in the same transaction (one durable write).
+        """
         ...
 
-    def release(self, request_id: str, now: datetime) -> None:
-        """Drop a reservation; releasing twice, or after commit, does nothing."""
+    def release(
+        self, request_id: str, now: datetime, *, audit: Mapping[str, object] | None = None
+    ) -> None:
+        """Drop a reservation; releasing twice, or after commit, does nothing.
+
+        ``audit``, when given, is appended in the same transaction.
+        """
         ...
 
     def sweep(self, now: datetime) -> int:

@@ -10,7 +10,7 @@ what it produced, and a call that never started is released.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -40,6 +40,8 @@ class Call:
     input_exact: bool
     max_output: int
     reserved: bool = False
+    # Ids and names for the call's audit record (role, job, task, stage, ...), never text.
+    context: dict[str, object] = field(default_factory=dict)
 
 
 _last_sweep = [0.0]
@@ -81,14 +83,30 @@ async def settle(
     result: ChatResult | None,
     partial: int | None,
     chunks: int,
+    *,
+    code: str,
+    elapsed_s: float,
 ) -> None:
-    """Commit what was used: real usage, worst case if unreported, partial on a break."""
+    """Commit what was used (real usage, worst case if unreported, partial on a break),
+    or release a call that produced nothing; the call's audit record goes in the same
+    transaction."""
     ledger = service.ledger
     if ledger is None or not call.reserved:
         return
     now = service.clock()
+    record = {
+        **call.context,
+        "kind": "call",
+        "request_id": call.request_id,
+        "model": call.info.id,
+        "provider": call.info.model.provider,
+        "policy_hash": service.policy.hash,
+        "code": code,
+        "ms": round(elapsed_s * 1000, 3),
+    }
     if result is None and partial is None and chunks == 0:
-        await anyio.to_thread.run_sync(lambda: ledger.release(call.request_id, now))
+        record.update(input_tokens=call.input_tokens, output_tokens=0, cost_micro=0)
+        await anyio.to_thread.run_sync(lambda: ledger.release(call.request_id, now, audit=record))
         return
     if result is not None and result.output_tokens is not None:
         inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
@@ -98,10 +116,13 @@ async def settle(
     else:
         inp, out = call.input_tokens, max(partial or 0, chunks)
     cost = call.info.worst_case_cost_micro(inp, out)
+    record.update(input_tokens=inp, output_tokens=out, cost_micro=cost)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             await anyio.to_thread.run_sync(
-                lambda: ledger.commit(call.request_id, cost_micro=cost, tokens=inp + out, now=now)
+                lambda: ledger.commit(
+                    call.request_id, cost_micro=cost, tokens=inp + out, now=now, audit=record
+                )
             )
         except LedgerError:
             if attempt == COMMIT_ATTEMPTS:

@@ -95,26 +95,6 @@ def finish_run(
             request_id,
             contract_valid=None if report is None else report.valid,
         )
-    record = {
-        "kind": "call",
-        "request_id": request_id,
-        "decision_id": decision_id,
-        "task_id": task_id,
-        "stage": stage,
-        "role": role,
-        "job": job,
-        "model": info.id,
-        "provider": info.model.provider,
-        "policy_hash": policy.hash,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cost_micro": cost,
-        "code": "OK",
-        "ms": round(latency_s * 1000, 3),
-        "fallback_from": fallback.from_model if fallback else None,
-        "attempts": attempts,
-    }
-    service.audit(record)
     log.info(
         "run_role",
         role=role,
@@ -125,7 +105,7 @@ def finish_run(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_micro=cost,
-        ms=record["ms"],
+        ms=round(latency_s * 1000, 3),
         contract_valid=None if report is None else report.valid,
         escalation=None if escalation is None else escalation.code,
     )

@@ -241,17 +241,29 @@ class Runner:
 
         result: ChatResult | None = None
         partial: int | None = None
+        code = "CANCELLED"  # unless the call returns or fails with a code
+        started = time.perf_counter()
         try:
             async with self._model_slots[info.id], self._lane(info):
                 result = await self.client(info.model.provider).chat(request, on_delta)
+            code = "OK"
         except ProviderError as exc:
-            partial = exc.partial_output_tokens
+            partial, code = exc.partial_output_tokens, str(exc.code)
             raise
         else:
             return result
         finally:
+            elapsed = time.perf_counter() - started
             with anyio.CancelScope(shield=True):
-                await settle(service, call, result, partial if result is None else None, chunks)
+                await settle(
+                    service,
+                    call,
+                    result,
+                    partial if result is None else None,
+                    chunks,
+                    code=code,
+                    elapsed_s=elapsed,
+                )
 
     def _lane(self, info: ModelInfo) -> Any:
         lane = self._lanes.get(info.model.weight) if info.locality == "local" else None
@@ -339,7 +351,15 @@ async def run_role(
     )
     started = time.perf_counter()
     fallback: FallbackInfo | None = None
+    context: dict[str, object] = {
+        "role": role,
+        "job": job,
+        "decision_id": decision_id,
+        "task_id": task_id,
+        "stage": stage,
+    }
     call = await runner.admit(service, info, chat, role=role, job=job, max_output=max_output)
+    call.context.update(context, attempt=1)
     try:
         result = await runner.invoke(
             service, call, chat, stream_to=ctx if streaming else None, schema=schema
@@ -364,6 +384,7 @@ async def run_role(
         call = await runner.admit(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )
+        call.context.update(context, attempt=1, fallback_from=info.id)
         result = await runner.invoke(
             service, call, chat, stream_to=ctx if streaming else None, schema=schema
         )
@@ -378,9 +399,11 @@ async def run_role(
             attempt=attempts + 1,
             policy_hash=policy.hash,
         )
+        fallback_from = call.context.get("fallback_from")
         call = await runner.admit(
             service, call.info, chat, role=role, job=job, max_output=max_output
         )
+        call.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
         result = await runner.invoke(
             service, call, chat, stream_to=ctx if streaming else None, schema=schema
         )
