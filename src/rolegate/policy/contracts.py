@@ -33,6 +33,15 @@ def check_output(contract: Contract, text: str) -> ContractResult:
     if not isinstance(data, dict):
         return ContractResult(False, None, (f"expected a JSON object, got {type(data).__name__}",))
     errors = [f"missing required key {k!r}" for k in contract.required if k not in data]
+    for key, kind in contract.types.items():
+        if key in data and not _is_type(data[key], kind):
+            errors.append(f"{key!r} must be of JSON type {kind}")
+        elif (
+            kind == "array"
+            and contract.max_items is not None
+            and len(data.get(key, ())) > contract.max_items
+        ):
+            errors.append(f"{key!r} has {len(data[key])} items; at most {contract.max_items}")
     confidence: float | None = None
     if contract.confidence_field is not None and contract.confidence_field in data:
         value = data[contract.confidence_field]
@@ -43,3 +52,17 @@ def check_output(contract: Contract, text: str) -> ContractResult:
     if errors:
         return ContractResult(False, None, tuple(errors), confidence)
     return ContractResult(True, data, (), confidence)
+
+
+def _is_type(value: object, kind: str) -> bool:
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list)
+    return isinstance(value, dict)  # "object"

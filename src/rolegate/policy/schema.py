@@ -162,6 +162,9 @@ class Role(Strict):
     authority: Literal["owner", "sidecar", "judge"] = "owner"
     escalation: Escalation = Escalation()
     output_contract: Name | None = None
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature; 0 for repeatable output."
+    )
     description: str | None = None
 
 
@@ -266,6 +269,9 @@ class Contract(Strict):
         default_factory=dict, description="JSON type per key (default: any)."
     )
     confidence_field: str | None = None
+    max_items: int | None = Field(
+        default=None, ge=1, description="At most this many items in each array-typed key."
+    )
     enforce: bool = Field(
         default=False,
         description="Ask the provider for schema-constrained output (json_schema / format); "
@@ -274,7 +280,12 @@ class Contract(Strict):
 
     def json_schema(self) -> dict[str, object]:
         """The contract as a JSON Schema, for providers that constrain output with one."""
-        props: dict[str, object] = {key: {"type": kind} for key, kind in self.types.items()}
+        props: dict[str, object] = {}
+        for key, kind in self.types.items():
+            prop: dict[str, object] = {"type": kind}
+            if kind == "array" and self.max_items is not None:
+                prop["maxItems"] = self.max_items
+            props[key] = prop
         for key in self.required:
             props.setdefault(key, {})
         if self.confidence_field is not None:

@@ -44,9 +44,6 @@ class Call:
     context: dict[str, object] = field(default_factory=dict)
 
 
-_last_sweep = [0.0]
-
-
 async def reserve(
     service: Rolegate, call: Call, *, role: str, job: str | None, lease_s: float
 ) -> None:
@@ -54,10 +51,10 @@ async def reserve(
     ledger = service.ledger
     assert ledger is not None
     now = service.clock()
-    if time.monotonic() - _last_sweep[0] > SWEEP_EVERY_S:
+    if time.monotonic() - service.last_sweep > SWEEP_EVERY_S:
         # Reservations of processes that died (kill -9) stop counting at expiry; sweeping
         # also marks them so, for people reading the ledger.
-        _last_sweep[0] = time.monotonic()
+        service.last_sweep = time.monotonic()
         await anyio.to_thread.run_sync(lambda: ledger.sweep(now))
     info = call.info
     lines = service.policy.budgets_touching(

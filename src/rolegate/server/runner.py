@@ -219,6 +219,7 @@ class Runner:
         *,
         stream_to: Any,
         schema: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> ChatResult:
         info = call.info
         provider = self.policy.doc.providers[info.model.provider]
@@ -230,6 +231,7 @@ class Runner:
             timeout_s=timeout,
             stream=True,
             json_schema=schema,
+            temperature=temperature,
         )
         chunks = 0
 
@@ -362,7 +364,12 @@ async def run_role(
     call.context.update(context, attempt=1)
     try:
         result = await runner.invoke(
-            service, call, chat, stream_to=ctx if streaming else None, schema=schema
+            service,
+            call,
+            chat,
+            stream_to=ctx if streaming else None,
+            schema=schema,
+            temperature=role_def.temperature,
         )
     except ProviderError as exc:
         step = await _fallback(runner, service, role, exc, info, ctx, consent)
@@ -386,7 +393,12 @@ async def run_role(
         )
         call.context.update(context, attempt=1, fallback_from=info.id)
         result = await runner.invoke(
-            service, call, chat, stream_to=ctx if streaming else None, schema=schema
+            service,
+            call,
+            chat,
+            stream_to=ctx if streaming else None,
+            schema=schema,
+            temperature=role_def.temperature,
         )
     # Validation stage (seed 002): re-run on a contract violation, a bounded number of times.
     attempts = 1
@@ -405,7 +417,12 @@ async def run_role(
         )
         call.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
         result = await runner.invoke(
-            service, call, chat, stream_to=ctx if streaming else None, schema=schema
+            service,
+            call,
+            chat,
+            stream_to=ctx if streaming else None,
+            schema=schema,
+            temperature=role_def.temperature,
         )
         attempts += 1
         retries -= 1

@@ -98,6 +98,7 @@ class Rolegate:
             self.usage = ledger
         self.role_prompts = dict(role_prompts or {})
         self._probe_cache: dict[str, tuple[float, bool]] = {}
+        self.last_sweep = 0.0  # monotonic time the ledger was last swept of dead reservations
 
     @property
     def policy_ref(self) -> PolicyRef:
