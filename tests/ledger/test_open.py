@@ -50,6 +50,15 @@ def test_bad_urls_are_refused_with_the_forms_that_work(url: str, says: str) -> N
     assert says in caught.value.message
 
 
+def test_sqlalchemy_four_slash_form_is_the_same_absolute_path(tmp_path: Path) -> None:
+    ledger = open_ledger(f"sqlite:///{tmp_path}/four.sqlite3")
+    try:
+        assert ledger.description == f"sqlite://{tmp_path}/four.sqlite3"
+        assert (tmp_path / "four.sqlite3").is_file()
+    finally:
+        ledger.close()
+
+
 def test_a_path_that_cannot_hold_a_file_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file, not a directory")
     with pytest.raises(LedgerError, match="cannot create the ledger directory"):

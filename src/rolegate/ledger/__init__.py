@@ -47,6 +47,8 @@ def open_ledger(url: str | None) -> Ledger:
 def _open_sqlite(url: str) -> SqliteLedger:
     parts = urlsplit(url)
     path = unquote(parts.path)
+    if path.startswith("//"):  # SQLAlchemy's spelling of an absolute path: sqlite:////abs/path
+        path = "/" + path.lstrip("/")
     if parts.netloc or not path.startswith("/") or path in ("/", "/:memory:"):
         raise LedgerError(
             f"bad SQLite ledger URL {url!r}: it must name an absolute file path, shared by "
