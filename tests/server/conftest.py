@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from mcp.server.mcpserver import MCPServer
+from mcp_types import ElicitResult
 
 from rolegate.policy import Policy
 from rolegate.server.app import build_server
@@ -44,3 +46,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def consent_answerer(
+    answer: str, asked: list[str]
+) -> Callable[[Any, Any], Awaitable[ElicitResult]]:
+    """An elicitation callback that records each question and accepts or declines it."""
+
+    async def on_elicit(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        if answer == "accept":
+            return ElicitResult(action="accept", content={"switch": True})
+        return ElicitResult(action="decline")
+
+    return on_elicit

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ElicitResult
 
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
-from tests.server.conftest import ERAS
+from tests.server.conftest import ERAS, consent_answerer
 from tests.server.test_local_only import CountingEndpoint
 from tests.support.llama import LlamaServer
 
@@ -232,11 +231,7 @@ async def test_consent_through_elicitation_is_asked_and_obeyed(
 ) -> None:
     asked: list[str] = []
 
-    async def on_elicit(context: Any, params: Any) -> ElicitResult:
-        asked.append(params.message)
-        if answer == "accept":
-            return ElicitResult(action="accept", content={"switch": True})
-        return ElicitResult(action="decline")
+    on_elicit = consent_answerer(answer, asked)
 
     async with Client(server, mode=era, elicitation_callback=on_elicit) as client:
         first = await architect(client, UNSURE, role="careful", task_id="c", stage="sketch")

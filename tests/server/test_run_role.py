@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ElicitResult
 
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
-from tests.server.conftest import ERAS, free_port
+from tests.server.conftest import ERAS, consent_answerer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -154,11 +153,7 @@ async def test_ask_first_fallback_uses_elicitation(
 ) -> None:
     asked: list[str] = []
 
-    async def on_elicit(context: Any, params: Any) -> ElicitResult:
-        asked.append(params.message)
-        if answer == "accept":
-            return ElicitResult(action="accept", content={"switch": True})
-        return ElicitResult(action="decline")
+    on_elicit = consent_answerer(answer, asked)
 
     async with Client(server, mode=era, elicitation_callback=on_elicit) as client:
         result = await run(client, role="flaky_ask", prompt="hi")
@@ -265,13 +260,7 @@ async def test_escalation_that_demands_consent_asks_and_records_the_answer(
 ) -> None:
     asked: list[str] = []
 
-    async def on_elicit(context: Any, params: Any) -> ElicitResult:
-        asked.append(params.message)
-        if answer == "accept":
-            return ElicitResult(action="accept", content={"switch": True})
-        return ElicitResult(action="decline")
-
-    callback = on_elicit if answer is not None else None
+    callback = consent_answerer(answer, asked) if answer is not None else None
     async with Client(server, mode=era, elicitation_callback=callback) as client:
         calm = await client.call_tool("escalate", {"role": "careful", "confidence": 0.9})
         result = await client.call_tool(

@@ -360,10 +360,9 @@ async def run_role(
         "task_id": task_id,
         "stage": stage,
     }
-    call = await runner.admit(service, info, chat, role=role, job=job, max_output=max_output)
-    call.context.update(context, attempt=1)
-    try:
-        result = await runner.invoke(
+
+    async def attempt(call: _Call) -> ChatResult:
+        return await runner.invoke(
             service,
             call,
             chat,
@@ -371,6 +370,11 @@ async def run_role(
             schema=schema,
             temperature=role_def.temperature,
         )
+
+    call = await runner.admit(service, info, chat, role=role, job=job, max_output=max_output)
+    call.context.update(context, attempt=1)
+    try:
+        result = await attempt(call)
     except ProviderError as exc:
         step = await _fallback(runner, service, role, exc, info, ctx, consent)
         if step is None:
@@ -392,14 +396,7 @@ async def run_role(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )
         call.context.update(context, attempt=1, fallback_from=info.id)
-        result = await runner.invoke(
-            service,
-            call,
-            chat,
-            stream_to=ctx if streaming else None,
-            schema=schema,
-            temperature=role_def.temperature,
-        )
+        result = await attempt(call)
     # Validation stage (seed 002): re-run on a contract violation, a bounded number of times.
     attempts = 1
     retries = _validation_retries(policy, role, stage)
@@ -416,14 +413,7 @@ async def run_role(
             service, call.info, chat, role=role, job=job, max_output=max_output
         )
         call.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
-        result = await runner.invoke(
-            service,
-            call,
-            chat,
-            stream_to=ctx if streaming else None,
-            schema=schema,
-            temperature=role_def.temperature,
-        )
+        result = await attempt(call)
         attempts += 1
         retries -= 1
     return finish_run(
