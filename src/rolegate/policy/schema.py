@@ -111,6 +111,12 @@ class Model(Strict):
         "never bound to a role.",
     )
     tier: Literal["hot", "warm", "cold"] = "hot"
+    keep_alive: str | None = Field(
+        default=None,
+        pattern=r"^-?[0-9]+(ms|s|m|h)?$",
+        description="How long Ollama keeps the model loaded after a call ('30m', '-1' = always, "
+        "'0' = unload at once); other providers ignore it.",
+    )
     weight: Literal["light", "heavy"] = "light"
     max_concurrency: int = Field(default=4, ge=1, le=1024)
     timeout_s: float | None = Field(default=None, gt=0, le=3600)

@@ -232,6 +232,7 @@ class Runner:
             stream=True,
             json_schema=schema,
             temperature=temperature,
+            keep_alive=info.model.keep_alive,
         )
         chunks = 0
 
