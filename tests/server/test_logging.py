@@ -63,3 +63,29 @@ async def test_tool_call_log_line_has_the_required_fields(
     assert event["max_input_tokens"] == 28_768
     assert event["reserve_tokens"] == 4000
     assert event["policy_hash"].startswith("sha256:")
+
+
+def test_an_embedded_server_never_logs_to_stdout() -> None:
+    """Without any logging set up by the host, rolegate's logs still go to stderr:
+    stdout belongs to the stdio transport."""
+    import subprocess
+    import sys
+
+    script = (
+        "import anyio\n"
+        "from mcp import Client\n"
+        "from rolegate.policy import load_default_policy\n"
+        "from rolegate.server.app import build_server\n"
+        "from rolegate.server.bootstrap import build_service\n"
+        "server = build_server(build_service(load_default_policy(), env={}))\n"
+        "async def main():\n"
+        "    async with Client(server, mode='legacy') as client:\n"
+        "        await client.call_tool('route_task', {'task': 'summarize this'})\n"
+        "anyio.run(main)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout == ""
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "tool_call" for line in lines), proc.stderr

@@ -9,6 +9,7 @@ from rolegate.errors import Code, RolegateError
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.plugins.manager import Registry, build_registry
 from rolegate.policy import Policy
+from rolegate.server.logs import ensure_configured
 from rolegate.server.runner import Runner
 from rolegate.server.service import Rolegate
 
@@ -23,6 +24,7 @@ def build_service(
     transports: Mapping[str, Any] | None = None,
 ) -> Rolegate:
     """The service with plugins loaded; fails closed when a provider type has no plugin."""
+    ensure_configured()
     registry = registry or build_registry(block=block)
     runner = Runner(policy, registry, env=env, transports=transports)
     missing = runner.missing_provider_types()

@@ -37,6 +37,13 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     )
 
 
+def ensure_configured() -> None:
+    """Configure the defaults (INFO, stderr) unless the host already configured structlog:
+    structlog's own default prints to stdout, which would corrupt the stdio transport."""
+    if not structlog.is_configured():
+        configure_logging()
+
+
 def get_logger() -> Any:
     """A lazy logger: it picks up the configuration at first use, not at import."""
     return structlog.get_logger("rolegate")
