@@ -19,7 +19,7 @@ from mcp.server.mcpserver import (
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, Field
 
-from rolegate.server.runner import Consent
+from rolegate.server.run import Consent
 
 
 class ConsentForm(BaseModel):

@@ -12,24 +12,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rolegate.errors import Code, ProviderError, RefusedError, RequestError
 from rolegate.ledger.base import Ledger
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
-from rolegate.policy.decision import PolicyRef, Risk, ScopeUsage
+from rolegate.policy.decision import PolicyRef, Risk
 from rolegate.policy.escalation import (
     EscalationDecision,
     EscalationRequest,
     SignalValue,
     escalate,
 )
-from rolegate.policy.tokens import estimate_method, estimate_tokens
+from rolegate.server.budget_report import call_check, scope_report
 from rolegate.server.models import (
     BudgetReport,
-    CallCheck,
     EscalateResult,
     RouteResult,
     RunResult,
-    ScopeReport,
 )
 from rolegate.server.tasks import TaskStore
-from rolegate.server.windows import utcnow, window_reset
+from rolegate.server.windows import utcnow
 
 MAX_REMEMBERED_DECISIONS = 10_000
 PROBE_TTL_S = 2.0
@@ -65,7 +63,7 @@ class UsageSource:
 
 
 if TYPE_CHECKING:
-    from rolegate.server.runner import Consent
+    from rolegate.server.run import Consent
 
 
 class RunnerLike(Protocol):
@@ -154,110 +152,14 @@ class Rolegate:
                 raise RequestError(f"{name} must be >= 0", code=Code.INVALID_ARGUMENT)
         now = self.clock()
         snapshot = self.usage.snapshot(self.policy, now)
-        scopes = [self._scope_report(line.id, now, snapshot) for line in self.policy.budgets]
+        scopes = [scope_report(line, now, snapshot) for line in self.policy.budgets]
         check = None
         if text is not None or input_tokens is not None or model or role or job:
-            check = self._call_check(job, role, model, text, input_tokens, output_tokens, snapshot)
+            check = call_check(
+                self.policy, job, role, model, text, input_tokens, output_tokens, snapshot
+            )
         return BudgetReport(
             policy=self.policy_ref, ledger=self.usage.description, scopes=scopes, check=check
-        )
-
-    def _scope_report(self, line_id: str, now: datetime, snapshot: BudgetSnapshot) -> ScopeReport:
-        line = next(b for b in self.policy.budgets if b.id == line_id)
-        used = snapshot.get(line.id)
-        reset = window_reset(line, now)
-        return ScopeReport(
-            id=line.id,
-            scope=line.scope,
-            target=line.target,
-            window=line.window if line.window != "rolling" else f"rolling {line.window_seconds}s",
-            resets_at=reset.isoformat() if reset else None,
-            cap_usd_micro=line.usd_micro,
-            spent_usd_micro=used.spent_micro,
-            reserved_usd_micro=used.reserved_micro,
-            left_usd_micro=None
-            if line.usd_micro is None
-            else line.usd_micro - used.spent_micro - used.reserved_micro,
-            cap_tokens=line.tokens,
-            spent_tokens=used.spent_tokens,
-            reserved_tokens=used.reserved_tokens,
-            left_tokens=None
-            if line.tokens is None
-            else line.tokens - used.spent_tokens - used.reserved_tokens,
-        )
-
-    def _call_check(
-        self,
-        job: str | None,
-        role: str | None,
-        model: str | None,
-        text: str | None,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        snapshot: BudgetSnapshot,
-    ) -> CallCheck:
-        doc = self.policy.doc
-        if role is None and model is None:
-            role = doc.jobs[job].role if job is not None else doc.defaults.role
-        if model is None:
-            if role is None:
-                raise RequestError(
-                    "name a model, a role or a job to check a call against",
-                    code=Code.INVALID_ARGUMENT,
-                )
-            model = doc.roles[role].model
-        info = self.policy.models[model]
-        settings = doc.token_estimate
-        if input_tokens is None:
-            tokens = estimate_tokens(text or "", settings)
-            method = estimate_method(settings)
-        else:
-            tokens, method = input_tokens, "exact (given by the caller)"
-        out = output_tokens if output_tokens is not None else doc.defaults.max_output_tokens
-        fits_context = info.max_input_tokens is not None and tokens <= info.max_input_tokens
-        cost = info.worst_case_cost_micro(tokens, out)
-        refusing: str | None = None
-        for line in self.policy.budgets_touching(
-            job=job, role=role, model=model, provider=info.model.provider
-        ):
-            used: ScopeUsage = snapshot.get(line.id)
-            if (
-                line.usd_micro is not None
-                and cost > line.usd_micro - used.spent_micro - used.reserved_micro
-            ) or (
-                line.tokens is not None
-                and tokens + out > line.tokens - used.spent_tokens - used.reserved_tokens
-            ):
-                refusing = line.id
-                break
-        if info.max_input_tokens is None:
-            code, message = Code.NO_POLICY, f"{model} has no context policy: never admitted"
-        elif not fits_context:
-            code = Code.OVER_BUDGET
-            message = (
-                f"input is {tokens:,} tokens; {model} accepts {info.max_input_tokens:,} "
-                f"({info.model.context_window:,} window - {info.model.reserve_tokens:,} reserve)"
-            )
-        elif refusing is not None:
-            code = Code.BUDGET_EXHAUSTED
-            message = f"worst case ${cost / 1e6:,.6f} does not fit budget {refusing}"
-        else:
-            code, message = Code.ROUTED, f"fits {model}'s context and every budget it touches"
-        return CallCheck(
-            model=model,
-            role=role,
-            job=job,
-            input_tokens=tokens,
-            token_method=method,
-            output_tokens=out,
-            max_input_tokens=info.max_input_tokens,
-            fits_context=fits_context,
-            worst_case_cost_micro=cost,
-            fits_budget=refusing is None,
-            admitted=code == Code.ROUTED,
-            code=code,
-            refusing_scope=refusing,
-            message=message,
         )
 
     # -- escalate -----------------------------------------------------------
