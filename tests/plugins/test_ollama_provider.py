@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -32,7 +33,7 @@ POLICY = """
 version: 1
 name: ollama-test
 providers:
-  ollama: {{type: ollama, base_url: "{base}", locality: local, max_retries: 0}}
+  ollama: {{type: ollama, base_url: "{base}", locality: local, max_retries: {retries}}}
 models:
   small: {{provider: ollama, name: "{model}", context_window: 2048, reserve_tokens: 256,
            timeout_s: 120, keep_alive: 10m, streaming: {{internal: true, external: false}}}}
@@ -79,11 +80,15 @@ def target(request: pytest.FixtureRequest) -> OllamaTarget:
     return found
 
 
-def build(target: OllamaTarget, tmp_path: Path) -> tuple[MCPServer, Ledger]:
+def build(
+    target: OllamaTarget, tmp_path: Path, retries: int = 0, transport: Any = None
+) -> tuple[MCPServer, Ledger]:
     path = tmp_path / "policy.yaml"
-    path.write_text(POLICY.format(base=target.base_url, model=target.model))
+    path.write_text(POLICY.format(base=target.base_url, model=target.model, retries=retries))
     ledger = open_ledger(f"sqlite://{tmp_path / 'ledger.sqlite3'}")
-    return build_server(build_service(load_policy(path), env={}, ledger=ledger)), ledger
+    transports = {"ollama": transport} if transport is not None else None
+    service = build_service(load_policy(path), env={}, ledger=ledger, transports=transports)
+    return build_server(service), ledger
 
 
 def predicted(llama: LlamaServer) -> float:
@@ -238,6 +243,37 @@ async def test_upstream_refusal_is_a_provider_error(compat: OllamaTarget, tmp_pa
     text = result.content[0].text
     assert text.startswith(f"PROVIDER_ERROR: {compat.model}: server answered HTTP"), text
     assert "exceeds the available context size" in text
+
+
+class RefuseFirstChat(httpx.AsyncBaseTransport):
+    """The real transport, but the first /api/chat request fails to connect."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.chats = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/chat":
+            self.chats += 1
+            if self.chats == 1:
+                raise httpx.ConnectError("connection refused (injected)", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_refused_connection_is_retried_before_any_byte(
+    compat: OllamaTarget, tmp_path: Path
+) -> None:
+    transport = RefuseFirstChat()
+    server, _ = build(compat, tmp_path, retries=1, transport=transport)
+    async with Client(server, mode="legacy") as client:
+        result = await client.call_tool(
+            "run_role", {"role": "writer", "prompt": "Say hi.", "max_output_tokens": 4}
+        )
+    assert not result.is_error, result.content
+    assert transport.chats == 2
 
 
 async def test_unreachable_ollama_is_unavailable(tmp_path: Path) -> None:
