@@ -7,6 +7,7 @@ really generated, so num_predict and cancellation are checked where the tokens a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,16 +247,22 @@ async def test_upstream_refusal_is_a_provider_error(compat: OllamaTarget, tmp_pa
 
 
 class RefuseFirstChat(httpx.AsyncBaseTransport):
-    """The real transport, but the first /api/chat request fails to connect."""
+    """The real transport, but the first /api/chat request fails to connect (``refuse``);
+    every chat request body is kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: bool = True) -> None:
         self._inner = httpx.AsyncHTTPTransport()
-        self.chats = 0
+        self.refuse = refuse
+        self.bodies: list[dict[str, Any]] = []
+
+    @property
+    def chats(self) -> int:
+        return len(self.bodies)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/api/chat":
-            self.chats += 1
-            if self.chats == 1:
+            self.bodies.append(json.loads(await request.aread()))
+            if self.refuse and self.chats == 1:
                 raise httpx.ConnectError("connection refused (injected)", request=request)
         return await self._inner.handle_async_request(request)
 
@@ -274,6 +281,24 @@ async def test_a_refused_connection_is_retried_before_any_byte(
         )
     assert not result.is_error, result.content
     assert transport.chats == 2
+
+
+async def test_keep_alive_and_options_reach_the_server(
+    compat: OllamaTarget, tmp_path: Path
+) -> None:
+    transport = RefuseFirstChat(refuse=False)
+    server, _ = build(compat, tmp_path, transport=transport)
+    async with Client(server, mode="legacy") as client:
+        result = await client.call_tool(
+            "run_role",
+            {"role": "architect", "prompt": "Plan a rename.", "max_output_tokens": 60},
+        )
+    assert not result.is_error, result.content
+    (body,) = transport.bodies
+    assert body["keep_alive"] == "10m"
+    assert body["options"] == {"num_predict": 60, "temperature": 0}
+    assert body["format"]["required"] == ["plan", "confidence"]
+    assert body["stream"] is True
 
 
 async def test_unreachable_ollama_is_unavailable(tmp_path: Path) -> None:
