@@ -8,14 +8,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
-import pytest
+from tests.support.servers import missing, stop, wait_until_healthy
 
 ALIAS = "gemma3-270m"
 
@@ -38,15 +36,12 @@ def require_llama() -> tuple[str, str]:
     """The server binary and model, or fail (in CI) / skip (elsewhere) with the fix."""
     binary = os.environ.get("ROLEGATE_LLAMA_SERVER", "")
     gguf = os.environ.get("ROLEGATE_GGUF", "")
-    if binary and gguf and Path(binary).exists() and Path(gguf).exists():
-        return binary, gguf
-    message = (
-        "llama.cpp server not set up: run `bash scripts/test.sh` (it runs scripts/setup_llama.sh "
-        "and exports ROLEGATE_LLAMA_SERVER and ROLEGATE_GGUF)"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if not (binary and gguf and Path(binary).exists() and Path(gguf).exists()):
+        missing(
+            "llama.cpp server not set up: run `bash scripts/test.sh` (it runs "
+            "scripts/setup_llama.sh and exports ROLEGATE_LLAMA_SERVER and ROLEGATE_GGUF)"
+        )
+    return binary, gguf
 
 
 def free_port() -> int:
@@ -93,26 +88,9 @@ def llama_server(
     )
     server = LlamaServer(f"http://127.0.0.1:{port}", proc)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {proc.returncode}")
-            try:
-                if httpx2.get(f"{server.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not become healthy in 120 s")
-            time.sleep(0.1)
+        wait_until_healthy(proc, f"{server.url}/health", "llama-server")
         yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
         if log and out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]

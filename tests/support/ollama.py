@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import httpx2
 import pytest
 
 from tests.support.llama import ALIAS, LlamaServer, free_port
+from tests.support.servers import missing, stop, wait_until_healthy
 
 
 @dataclass
@@ -33,15 +33,12 @@ class OllamaTarget:
 
 def require_compat() -> str:
     start = os.environ.get("ROLEGATE_OLLAMA_COMPAT", "")
-    if start and Path(start).is_file():
-        return start
-    message = (
-        "the Ollama-protocol test server is not set up: run `bash scripts/test.sh` (it runs "
-        "scripts/setup_ollama_compat.sh and exports ROLEGATE_OLLAMA_COMPAT)"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if not (start and Path(start).is_file()):
+        missing(
+            "the Ollama-protocol test server is not set up: run `bash scripts/test.sh` (it "
+            "runs scripts/setup_ollama_compat.sh and exports ROLEGATE_OLLAMA_COMPAT)"
+        )
+    return start
 
 
 @contextmanager
@@ -56,26 +53,10 @@ def ollama_compat(llama: LlamaServer) -> Iterator[OllamaTarget]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ollama-proxy-plus exited with {proc.returncode}")
-            try:
-                if httpx2.get(base, timeout=2).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("ollama-proxy-plus did not answer in 60 s")
-            time.sleep(0.1)
+        wait_until_healthy(proc, base, "ollama-proxy-plus", timeout_s=60)
         yield OllamaTarget(base, f"llama/{ALIAS}", llama)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 def real_ollama() -> OllamaTarget:

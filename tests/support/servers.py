@@ -1,0 +1,47 @@
+"""Starting and stopping the real servers the tests use (llama.cpp, ollama-proxy-plus)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import NoReturn
+
+import httpx2
+import pytest
+
+
+def missing(message: str) -> NoReturn:
+    """A real part is not set up: fail in CI (it must be there), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def wait_until_healthy(
+    proc: subprocess.Popen[bytes], url: str, name: str, timeout_s: float = 120
+) -> None:
+    """Poll ``url`` until it answers 200, or raise if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            if httpx2.get(url, timeout=2).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer {url} in {timeout_s:g} s")
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
