@@ -23,11 +23,16 @@ version: 1
 name: budget-run-test
 providers:
   echo: {type: echo, base_url: "echo://", locality: local}
+  # Nothing listens on the discard port: every call fails to connect.
+  dead: {type: openai, base_url: "http://127.0.0.1:9/v1", locality: local, max_retries: 0,
+         connect_timeout_s: 1}
 models:
   echo-paid: {provider: echo, name: echo-paid, context_window: 4096, reserve_tokens: 512,
               price: {input_per_mtok: "1", output_per_mtok: "1"}}
+  dead-1: {provider: dead, name: dead-1, context_window: 4096, reserve_tokens: 512}
 roles:
   paid: {model: echo-paid}
+  flaky: {model: dead-1, fallback: {models: [echo-paid], mode: auto}}
 jobs:
   nightly: {role: paid, budgets: [{window: day, usd: "0.000200"}]}
 budgets:
@@ -120,3 +125,30 @@ async def test_unusable_ledger_fails_closed(tmp_path: Path) -> None:
         routed = await client.call_tool("route_task", {"task": "hi", "role": "paid"})
     assert result.content[0].text.startswith("BUDGET_UNAVAILABLE")
     assert routed.content[0].text.startswith("BUDGET_UNAVAILABLE")
+
+
+async def test_decisions_calls_and_fallbacks_are_audited_without_text(
+    server: MCPServer, ledger: Ledger
+) -> None:
+    async with Client(server, mode="legacy") as client:
+        routed = await client.call_tool("route_task", {"task": "secret plans", "role": "paid"})
+        ran = await run(client, role="flaky", prompt="secret words")
+    assert not ran.is_error, ran.content
+    records = list(reversed(ledger.recent_audit(10)))
+    assert [r["kind"] for r in records] == ["decision", "call", "fallback", "call"]
+    decision, failed, fallback, call = records
+    assert decision["decision_id"] == routed.structured_content["decision_id"]
+    assert (decision["outcome"], decision["model"]) == ("route", "echo-paid")
+    assert (failed["model"], failed["code"], failed["cost_micro"]) == (
+        "dead-1",
+        "PROVIDER_UNAVAILABLE",
+        0,
+    )
+    assert (fallback["model"], fallback["to_model"], fallback["consent"]) == (
+        "dead-1",
+        "echo-paid",
+        "auto",
+    )
+    assert (call["model"], call["code"], call["fallback_from"]) == ("echo-paid", "OK", "dead-1")
+    assert call["cost_micro"] == ran.structured_content["cost_micro"]
+    assert "secret" not in repr(records)

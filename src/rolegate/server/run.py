@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import anyio
+
 from rolegate.errors import Code, ProviderError, RefusedError, RequestError
 from rolegate.plugins.base import ChatResult, Message
 from rolegate.policy import Policy
@@ -169,6 +171,17 @@ async def run_role(
             consent=how,
             policy_hash=policy.hash,
         )
+        fallback_record = {
+            **context,
+            "kind": "fallback",
+            "model": info.id,
+            "to_model": next_info.id,
+            "code": str(exc.code),
+            "consent": how,
+            "policy_hash": policy.hash,
+        }
+        if service.ledger is not None:
+            await anyio.to_thread.run_sync(service.audit, fallback_record)
         call = await runner.admit(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
+
 from rolegate.errors import Code, ProviderError, RefusedError, RequestError
 from rolegate.ledger.base import Ledger
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
@@ -114,6 +116,25 @@ class Rolegate:
         while len(self._decisions) > MAX_REMEMBERED_DECISIONS:
             self._decisions.popitem(last=False)
         return RouteResult(decision_id=decision_id, **decision.model_dump())
+
+    async def route_task_audited(self, request: RouteRequest) -> RouteResult:
+        """route_task plus its audit record, written off the event loop (ids, no text)."""
+        result = self.route_task(request)
+        if self.ledger is not None:
+            record = {
+                "kind": "decision",
+                "decision_id": result.decision_id,
+                "outcome": result.outcome,
+                "code": result.code,
+                "intent": result.intent,
+                "job": result.job,
+                "role": result.role,
+                "model": result.model,
+                "input_tokens": result.tokens.input_tokens if result.tokens else None,
+                "policy_hash": self.policy.hash,
+            }
+            await anyio.to_thread.run_sync(self.audit, record)
+        return result
 
     def decision(self, decision_id: str) -> Decision:
         found = self._decisions.get(decision_id)
