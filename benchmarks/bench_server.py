@@ -406,7 +406,10 @@ def main() -> int:
     parser.add_argument("--log-level", help="pass --log-level to rolegate serve")
     args = parser.parse_args()
 
+    # A throw-away ledger: the benchmark's audit records stay out of the user's own ledger.
+    ledger_dir = tempfile.TemporaryDirectory(prefix="bench_server_ledger")
     serve = [sys.executable, "-m", "rolegate", "serve"]
+    serve += ["--ledger", f"sqlite://{ledger_dir.name}/ledger.sqlite3"]
     if args.log_level:
         serve += ["--log-level", args.log_level]
     rolegate = Server("rolegate (embedded policy)", serve, ROLEGATE_TOOLS, "route_task", TASKS)
