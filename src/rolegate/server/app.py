@@ -292,7 +292,7 @@ def build_server(service: Rolegate) -> MCPServer:
         )
 
         async def call() -> BaseModel:
-            return service.escalate(
+            return await service.escalate(
                 role,
                 signals,
                 job=job,

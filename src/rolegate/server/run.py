@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import anyio
-
 from rolegate.errors import Code, ProviderError, RefusedError, RequestError
 from rolegate.plugins.base import ChatResult, Message
 from rolegate.policy import Policy
@@ -180,8 +178,7 @@ async def run_role(
             "consent": how,
             "policy_hash": policy.hash,
         }
-        if service.ledger is not None:
-            await anyio.to_thread.run_sync(service.audit, fallback_record)
+        await service.audit_async(fallback_record)
         call = await runner.admit(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )

@@ -133,7 +133,7 @@ class Rolegate:
                 "input_tokens": result.tokens.input_tokens if result.tokens else None,
                 "policy_hash": self.policy.hash,
             }
-            await anyio.to_thread.run_sync(self.audit, record)
+            await self.audit_async(record)
         return result
 
     def decision(self, decision_id: str) -> Decision:
@@ -225,7 +225,7 @@ class Rolegate:
             return None
         return decision.from_model, decision.to_model
 
-    def escalate(
+    async def escalate(
         self,
         role: str,
         signals: Mapping[str, SignalValue],
@@ -257,7 +257,7 @@ class Rolegate:
             self.tasks.record_escalation(
                 task_id, role, decision.step, provenance_id, decision, consent=answer
             )
-        self.audit(
+        await self.audit_async(
             {
                 "kind": "escalation",
                 "request_id": provenance_id,
@@ -314,6 +314,11 @@ class Rolegate:
         if self.ledger is not None:
             self.ledger.audit(record)
 
+    async def audit_async(self, record: Mapping[str, object]) -> None:
+        """Append a record from the event loop: the durable write runs in a worker thread."""
+        if self.ledger is not None:
+            await anyio.to_thread.run_sync(self.audit, record)
+
     async def ask_consent(self, ctx: Any, failed: str, alternate: str, reason: str) -> bool | None:
         """Ask mid-call through ctx.elicit (handshake era only); None when the client can't."""
         if ctx is None or not _can_elicit_now(ctx):
@@ -321,7 +326,7 @@ class Rolegate:
         from rolegate.server.consent import ConsentForm, elicit_consent
 
         answer = await elicit_consent(ctx, consent_message(failed, alternate, reason), ConsentForm)
-        self.audit(
+        await self.audit_async(
             {
                 "kind": "consent",
                 "model": failed,
