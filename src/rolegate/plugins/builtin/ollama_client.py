@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import anyio
 import httpx
 import ollama
 
@@ -23,6 +22,7 @@ from rolegate.plugins.base import (
     OnDelta,
     TokenCount,
 )
+from rolegate.plugins.retry import stream_broke, with_retries
 from rolegate.policy.schema import Provider
 
 
@@ -44,32 +44,19 @@ class OllamaClient:
         self._client = ollama.AsyncClient(host=config.base_url, **kwargs)
 
     async def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResult:
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
+        async def attempt() -> ChatResult:
             received = [0]
             try:
-                with anyio.fail_after(request.timeout_s):
-                    if request.stream:
-                        return await self._stream(request, on_delta, received)
-                    return await self._once(request)
-            except TimeoutError:
-                raise ProviderError(
-                    f"{request.model} did not finish within {request.timeout_s:g}s",
-                    code=Code.PROVIDER_TIMEOUT,
-                ) from None
+                if request.stream:
+                    return await self._stream(request, on_delta, received)
+                return await self._once(request)
             except (ConnectionError, httpx.TransportError) as exc:
                 if received[0]:
-                    err = ProviderError(
-                        f"{request.model}: the stream broke after {received[0]} chunk(s): {exc}",
-                        code=Code.PROVIDER_ERROR,
-                    )
-                    err.partial_output_tokens = received[0]
-                    raise err from exc
-                if attempt + 1 == attempts:
-                    raise ProviderError(
-                        f"{request.model}: cannot reach {self.config.base_url}: {exc}",
-                        code=Code.PROVIDER_UNAVAILABLE,
-                    ) from exc
+                    raise stream_broke(request.model, received[0], None, exc) from exc
+                raise ProviderError(
+                    f"{request.model}: cannot reach {self.config.base_url}: {exc}",
+                    code=Code.PROVIDER_UNAVAILABLE,
+                ) from exc
             except ollama.ResponseError as exc:
                 raise ProviderError(
                     f"{request.model}: server answered HTTP {exc.status_code}: {exc.error[:300]}",
@@ -79,7 +66,13 @@ class OllamaClient:
                 raise ProviderError(
                     f"{request.model}: malformed response: {exc}", code=Code.BAD_RESPONSE
                 ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        return await with_retries(
+            attempt,
+            model=request.model,
+            retries=self.config.max_retries,
+            timeout_s=request.timeout_s,
+        )
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         options: dict[str, Any] = {"num_predict": request.max_output_tokens}

@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
 import httpx2
 import openai
 
@@ -24,6 +23,7 @@ from rolegate.plugins.base import (
     OnDelta,
     TokenCount,
 )
+from rolegate.plugins.retry import stream_broke, with_retries
 from rolegate.policy.schema import Provider
 
 
@@ -49,22 +49,21 @@ class OpenAIClient:
         self._can_tokenize: bool | None = None
 
     async def chat(self, request: ChatRequest, on_delta: OnDelta | None = None) -> ChatResult:
-        attempts = self.config.max_retries + 1
-        for attempt in range(attempts):
+        async def attempt() -> ChatResult:
             state = _StreamState()
             try:
-                with anyio.fail_after(request.timeout_s):
-                    if request.stream:
-                        return await self._stream(request, on_delta, state)
-                    return await self._once(request)
-            except TimeoutError:
-                raise ProviderError(
-                    f"{request.model} did not finish within {request.timeout_s:g}s",
-                    code=Code.PROVIDER_TIMEOUT,
-                ) from None
+                if request.stream:
+                    return await self._stream(request, on_delta, state)
+                return await self._once(request)
             except openai.APIConnectionError as exc:
-                if state.received or attempt + 1 == attempts:
-                    raise _connection_error(request.model, exc, state) from exc
+                if state.received:
+                    raise stream_broke(
+                        request.model, state.deltas, state.output_tokens, exc
+                    ) from exc
+                raise ProviderError(
+                    f"{request.model}: cannot reach the server: {_short(str(exc))}",
+                    code=Code.PROVIDER_UNAVAILABLE,
+                ) from exc
             except openai.APIStatusError as exc:
                 raise ProviderError(
                     f"{request.model}: server answered HTTP {exc.status_code}: "
@@ -76,7 +75,13 @@ class OpenAIClient:
                     f"{request.model}: malformed response: {_short(str(exc))}",
                     code=Code.BAD_RESPONSE,
                 ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        return await with_retries(
+            attempt,
+            model=request.model,
+            retries=self.config.max_retries,
+            timeout_s=request.timeout_s,
+        )
 
     async def _once(self, request: ChatRequest) -> ChatResult:
         resp = await self._client.chat.completions.create(**_params(request))
@@ -193,19 +198,6 @@ def _params(request: ChatRequest) -> dict[str, Any]:
         }
     params.update(request.extra)
     return params
-
-
-def _connection_error(model: str, exc: Exception, state: _StreamState) -> ProviderError:
-    if state.received:
-        err = ProviderError(
-            f"{model}: the stream broke after {state.deltas} chunk(s): {_short(str(exc))}",
-            code=Code.PROVIDER_ERROR,
-        )
-        err.partial_output_tokens = state.output_tokens or state.deltas
-        return err
-    return ProviderError(
-        f"{model}: cannot reach the server: {_short(str(exc))}", code=Code.PROVIDER_UNAVAILABLE
-    )
 
 
 def _short(text: str, limit: int = 300) -> str:
