@@ -8,7 +8,8 @@
     ├── RequestError              the caller's request is wrong: UNKNOWN_ROLE, UNKNOWN_JOB,
     │                             UNKNOWN_CHANNEL, INVALID_ARGUMENT, ...
     ├── RefusedError              the policy refuses the call (OVER_BUDGET, LOCAL_ONLY_VIOLATION,
-    │                             NOT_ALLOWLISTED, BUDGET_EXHAUSTED, NEEDS_CONSENT, ...)
+    │                             NOT_ALLOWLISTED, BUDGET_EXHAUSTED, NEEDS_CONSENT,
+    │                             CONSENSUS_FORBIDDEN, CRITIC_NOT_ALLOWED, ...)
     ├── ProviderError             the model server failed: PROVIDER_UNAVAILABLE,
     │                             PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE
     ├── LedgerError               the budget ledger cannot be used (BUDGET_UNAVAILABLE)
@@ -39,6 +40,7 @@ class Code(StrEnum):
     CLOUD_JUDGE_REQUIRED = "CLOUD_JUDGE_REQUIRED"
     NEEDS_CONSENT = "NEEDS_CONSENT"
     CONSENSUS_FORBIDDEN = "CONSENSUS_FORBIDDEN"
+    CRITIC_NOT_ALLOWED = "CRITIC_NOT_ALLOWED"
     UNKNOWN_ROLE = "UNKNOWN_ROLE"
     UNKNOWN_JOB = "UNKNOWN_JOB"
     UNKNOWN_MODEL = "UNKNOWN_MODEL"

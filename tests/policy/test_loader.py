@@ -275,3 +275,17 @@ def test_load_errors_name_file_and_line(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping() -> None:
     with pytest.raises(PolicyInvalidError, match="a policy is a mapping"):
         load_policy_text("- 1\n- 2\n", "yaml", "list.yaml")
+
+
+def test_a_stage_critic_under_critic_never_is_a_warning() -> None:
+    stages = [{"name": "s", "owner": "assistant", "critic": "critic"}]
+    base = {"roles.critic": {"model": "small", "authority": "sidecar"}}
+    quiet = load_dict(with_changes({**base, "pipeline": {"critic": "always", "stages": stages}}))
+    assert not quiet.warnings
+    policy = load_dict(with_changes({**base, "pipeline": {"critic": "never", "stages": stages}}))
+    assert [(w.location, w.message) for w in policy.warnings] == [
+        (
+            "pipeline.stages[0].critic",
+            "pipeline.critic is 'never', so the critic 'critic' never runs",
+        )
+    ]

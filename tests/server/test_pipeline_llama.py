@@ -71,6 +71,7 @@ jobs:
   feature: {{role: architect}}
   release: {{role: architect, premium_allowlist: [premium]}}
   private: {{role: architect, local_only: true, premium_allowlist: [premium]}}
+defaults: {{max_output_tokens: 160}}
 pipeline:
   critic: always
   stages:
@@ -188,7 +189,12 @@ async def test_one_owner_per_stage_escalation_replaces_it_and_the_critic_only_co
         "gemma-b",
         ["gemma-a"],
     )
-    assert [c["authoritative"] for c in view["critiques"]] == [False]
+    # critic: always, so the server ran the stage critic after each owner output too.
+    assert [c["authoritative"] for c in view["critiques"]] == [False, False, False]
+    for result in (owner, replaced):
+        auto = result.structured_content["critique"]
+        assert (auto["role"], auto["authoritative"]) == ("critic", False)
+        assert auto["contract"]["name"] == "critique"
     assert [e["to_model"] for e in view["escalations"]] == ["gemma-b"]
     assert "lexer" not in json.dumps(view)  # the task view holds no text
     assert cloud.connections == 0

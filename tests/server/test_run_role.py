@@ -187,27 +187,63 @@ async def test_ask_first_without_elicitation_names_the_alternate(
 async def test_one_owner_per_stage_and_a_critic_that_never_owns(
     server: MCPServer, era: str
 ) -> None:
+    # pipeline.critic is on_escalation (the default): critics only after an escalation.
     async with Client(server, mode=era) as client:
         plan = json.dumps({"plan": ["a"], "confidence": 0.9})
         first = await run(client, role="planner", prompt=plan, task_id="t", stage="plan")
         second = await run(client, role="planner", prompt=plan, task_id="t", stage="plan")
         intruder = await run(client, role="parrot", prompt="x", task_id="t", stage="plan")
-        critique = await run(client, role="critic", prompt="risky", task_id="t", stage="plan")
+        early = await run(client, role="critic", prompt="risky", task_id="t", stage="plan")
         escalated = await client.call_tool(
             "escalate", {"role": "planner", "task_id": "t", "confidence": 0.2}
         )
         replaced = await run(client, role="planner", prompt=plan, task_id="t", stage="plan")
+        critique = await run(client, role="critic", prompt="risky", task_id="t", stage="plan")
         task = json.loads((await client.read_resource("rolegate://tasks/t")).contents[0].text)
     assert first.structured_content["model"] == "echo-1"
+    assert first.structured_content["critique"] is None  # not escalated: no second opinion
     assert second.content[0].text.startswith("CONSENSUS_FORBIDDEN")
     assert intruder.content[0].text.startswith("CONSENSUS_FORBIDDEN: stage 'plan' is owned by")
-    assert not critique.is_error
+    assert early.content[0].text.startswith("CRITIC_NOT_ALLOWED: 'critic' is a critic")
     assert escalated.structured_content["to_model"] == "echo-2"
-    assert replaced.structured_content["model"] == "echo-2"
+    # The escalated owner gets the stage critic's second opinion, run by the server.
+    owner = replaced.structured_content
+    assert owner["model"] == "echo-2"
+    assert owner["authoritative"] is True
+    review = owner["critique"]
+    assert (review["role"], review["authoritative"]) == ("critic", False)
+    assert plan in review["output"]  # the echo critic saw the owner output
+    assert owner["output"] == plan  # and did not change it
+    assert critique.structured_content["authoritative"] is False
     stage = task["stages"]["plan"]
     assert (stage["role"], stage["model"], stage["replaced"]) == ("planner", "echo-2", ["echo-1"])
-    assert [c["authoritative"] for c in task["critiques"]] == [False]
+    assert [c["authoritative"] for c in task["critiques"]] == [False, False]
     assert task["escalations"][0]["fired"] == ["confidence"]
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+async def test_the_pipeline_critic_mode_is_enforced(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        POLICY.format(port=free_port()).replace("pipeline:\n", f"pipeline:\n  critic: {mode}\n")
+    )
+    server = build_server(build_service(load_policy(path), env={}))
+    plan = json.dumps({"plan": ["a"], "confidence": 0.9})
+    async with Client(server, mode="legacy") as client:
+        owner = await run(client, role="planner", prompt=plan, task_id="m", stage="plan")
+        asked = await run(client, role="critic", prompt="risky", task_id="m", stage="plan")
+        task = json.loads((await client.read_resource("rolegate://tasks/m")).contents[0].text)
+    assert owner.structured_content["output"] == plan
+    if mode == "never":
+        assert owner.structured_content["critique"] is None
+        assert asked.content[0].text.startswith("CRITIC_NOT_ALLOWED")
+        assert task["critiques"] == []
+    else:
+        review = owner.structured_content["critique"]
+        assert (review["role"], review["authoritative"]) == ("critic", False)
+        assert asked.structured_content["authoritative"] is False
+        assert len(task["critiques"]) == 2
+        assert task["stages"]["plan"]["role"] == "planner"  # the owner stays the owner
 
 
 async def test_decision_id_must_match_the_role(server: MCPServer) -> None:
@@ -245,12 +281,10 @@ async def test_validation_stage_retries_a_bounded_number_of_times(server: MCPSer
             task_id="w",
             stage="plan",
         )
-        critique = await run(client, role="critic", prompt="looks risky", task_id="w", stage="plan")
     assert bad.structured_content["attempts"] == 2  # the stage's max_retries is 1
     assert bad.structured_content["contract"]["valid"] is False
     assert good.structured_content["attempts"] == 1
     assert good.structured_content["authoritative"] is True
-    assert critique.structured_content["authoritative"] is False
 
 
 @pytest.mark.parametrize("era", ERAS)

@@ -220,6 +220,11 @@ def _check_pipeline_and_risk(doc: PolicyDocument) -> Iterable[PolicyProblem]:
                     f"{at}.critic",
                     f"critic {stage.critic!r} must have authority 'sidecar' (non-authoritative)",
                 )
+            if doc.pipeline.critic == "never":
+                yield _warn(
+                    f"{at}.critic",
+                    f"pipeline.critic is 'never', so the critic {stage.critic!r} never runs",
+                )
     judge = doc.risk.judge_role
     if judge is not None:
         role = doc.roles.get(judge)

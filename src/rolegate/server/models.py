@@ -37,6 +37,22 @@ class ContractReport(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
+class Critique(BaseModel):
+    """A critic's review of an owner's output, run by the server because the pipeline says so.
+    It comments; it never replaces or rewrites the owner output."""
+
+    role: str
+    model: str
+    output: str = Field(description="The critic's text.")
+    structured: dict[str, Any] | None = Field(
+        default=None, description="Risks, contradictions, ... parsed against its contract."
+    )
+    contract: ContractReport | None = None
+    authoritative: bool = Field(default=False, description="Always false: a critic never owns.")
+    request_id: str
+    cost_micro: int
+
+
 class RunResult(BaseModel):
     output: str = Field(description="The model's completion text.")
     structured: dict[str, Any] | None = Field(
@@ -68,6 +84,13 @@ class RunResult(BaseModel):
     task_id: str | None = None
     stage: str | None = None
     policy: PolicyRef
+    critique: Critique | None = Field(
+        default=None,
+        description="The stage critic's review, when pipeline.critic runs it automatically.",
+    )
+    critique_error: str | None = Field(
+        default=None, description="Why the automatic critique failed (CODE: sentence)."
+    )
 
 
 class ScopeReport(BaseModel):

@@ -12,12 +12,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from rolegate.errors import Code, ProviderError, RefusedError, RequestError
+from rolegate.errors import Code, ProviderError, RefusedError, RequestError, RolegateError
 from rolegate.plugins.base import ChatResult, Message
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.contracts import check_output
 from rolegate.server.accounting import Call as _Call
+from rolegate.server.critic import (
+    automatic_critic,
+    check_critic_allowed,
+    critic_prompt,
+    critique_of,
+)
 from rolegate.server.logs import get_logger
 from rolegate.server.models import FallbackInfo, RunResult
 from rolegate.server.outcome import finish_run
@@ -118,6 +124,7 @@ async def run_role(
     chat = _messages(prompt, messages, system or service.default_system_prompt(role))
     model_id = service.tasks.current_model(task_id, role) if task_id else None
     info = policy.models[model_id or role_def.model]
+    check_critic_allowed(policy, service.tasks, role, task_id)
     if task_id and stage:
         service.check_owner(task_id, stage, role, info.id)
     max_output = max_output_tokens or doc.defaults.max_output_tokens
@@ -203,7 +210,7 @@ async def run_role(
         result = await attempt(call)
         attempts += 1
         retries -= 1
-    return finish_run(
+    outcome = finish_run(
         service,
         role=role,
         job=job,
@@ -220,6 +227,26 @@ async def run_role(
         stage=stage,
         attempts=attempts,
     )
+    critic = automatic_critic(policy, service.tasks, role, task_id, stage)
+    if critic is not None and task_id is not None and stage is not None:
+        # The owner output is passed to the critic in memory only; it is never stored.
+        try:
+            review = await run_role(
+                runner,
+                service,
+                role=critic,
+                prompt=critic_prompt(stage, outcome.output),
+                job=job,
+                task_id=task_id,
+                stage=stage,
+                max_output_tokens=max_output,
+                channel=channel,
+            )
+        except RolegateError as exc:
+            outcome.critique_error = f"{exc.code}: {exc.message}"
+        else:
+            outcome.critique = critique_of(review)
+    return outcome
 
 
 def _validation_retries(policy: Policy, role: str, stage: str | None) -> int:

@@ -61,6 +61,11 @@ class TaskStore:
                 }
             )
 
+    def was_escalated(self, task_id: str) -> bool:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            return bool(task and task["escalations"])
+
     def current_model(self, task_id: str, role: str) -> str | None:
         """The model an escalation moved ``role`` to on this task, if any."""
         with self._lock:
