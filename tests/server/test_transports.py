@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -20,6 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conftest import example_path
 from tests.server.conftest import ERAS, free_port
 from tests.server.test_logging import CANARY
+from tests.support.llama import LlamaServer
 
 pytestmark = pytest.mark.anyio
 
@@ -100,8 +102,8 @@ def test_non_loopback_http_without_token_is_refused() -> None:
     assert "refusing to listen on 0.0.0.0 without a bearer token" in proc.stderr
 
 
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, str]]:
+@contextmanager
+def serving_http(*extra: str) -> Iterator[tuple[str, str]]:
     port = free_port()
     token = "s3cret-token"
     env = {**os.environ, "ROLEGATE_TEST_TOKEN": token}
@@ -109,7 +111,13 @@ def http_server() -> Iterator[tuple[str, str]]:
         [
             sys.executable,
             *serve_args(
-                "--transport", "http", "--port", str(port), "--token-env", "ROLEGATE_TEST_TOKEN"
+                "--transport",
+                "http",
+                "--port",
+                str(port),
+                "--token-env",
+                "ROLEGATE_TEST_TOKEN",
+                *extra,
             ),
         ],
         env=env,
@@ -128,9 +136,17 @@ def http_server() -> Iterator[tuple[str, str]]:
     else:
         proc.kill()
         pytest.fail(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
-    yield url, token
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield url, token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, str]]:
+    with serving_http() as served:
+        yield served
 
 
 INIT = {
@@ -169,3 +185,46 @@ async def test_http_client_calls_tools(http_server: tuple[str, str], era: str) -
         result = await client.call_tool("route_task", {"task": "refactor this function"})
     assert result.structured_content["code"] == "ROUTED"
     assert result.structured_content["policy"]["name"] == "default-local-ollama"
+
+
+LLAMA_POLICY = """
+version: 1
+name: http-llama
+providers:
+  llama: {{type: openai, base_url: "{v1}", locality: local, max_retries: 0}}
+models:
+  gemma: {{provider: llama, name: gemma3-270m, context_window: 2048, reserve_tokens: 256,
+           timeout_s: 120, streaming: {{internal: true}}}}
+roles:
+  writer: {{model: gemma}}
+"""
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_run_role_streams_progress_over_streamable_http(
+    llama: LlamaServer, tmp_path: Path, era: str
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(LLAMA_POLICY.format(v1=llama.v1))
+    ledger = f"sqlite://{tmp_path / 'ledger.sqlite3'}"
+    progress: list[str | None] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message)
+
+    with serving_http("--policy", str(policy), "--ledger", ledger) as (url, token):
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http,
+            Client(streamable_http_client(url, http_client=http), mode=era) as client,
+        ):
+            result = await client.call_tool(
+                "run_role",
+                {"role": "writer", "prompt": "Say hello.", "max_output_tokens": 8},
+                progress_callback=on_progress,
+            )
+    assert not result.is_error, result.content
+    data = result.structured_content
+    assert data["model"] == "gemma"
+    assert 1 <= data["usage"]["output_tokens"] <= 8
+    assert progress
+    assert "".join(m or "" for m in progress) == data["output"]
