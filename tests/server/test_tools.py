@@ -52,6 +52,18 @@ async def test_tools_are_listed_flat_typed_and_annotated(
     risk = tools["route_task"].input_schema["properties"]["risk"]
     assert {"enum": ["low", "normal", "high"], "type": "string"} in risk["anyOf"]
     assert tools["run_role"].input_schema["required"] == ["role"]
+    # Output schemas spell nullable scalars as type lists and list null first in nullable
+    # references: cheaper to validate for every client that checks each result.
+    for tool in tools.values():
+        assert tool.output_schema is not None
+        models = [tool.output_schema, *tool.output_schema.get("$defs", {}).values()]
+        for model in models:
+            for prop in model.get("properties", {}).values():
+                options = prop.get("anyOf", [])
+                if {"type": "null"} in options:
+                    assert options[0] == {"type": "null"}, (tool.name, prop)
+                    assert not any(set(o) == {"type"} for o in options[1:]), (tool.name, prop)
+    assert tools["run_role"].output_schema["properties"]["ttft_ms"]["type"] == ["number", "null"]
 
 
 @pytest.mark.parametrize("era", ERAS)

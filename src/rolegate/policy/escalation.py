@@ -12,11 +12,11 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import ModelInfo, Policy
-from rolegate.policy.decision import BudgetSnapshot, PolicyRef, Rejection
+from rolegate.policy.decision import BudgetSnapshot, OutputModel, PolicyRef, Rejection
 from rolegate.policy.router import check_model
 from rolegate.policy.schema import Predicate
 
@@ -42,14 +42,14 @@ class EscalationRequest:
     max_output_tokens: int | None = None
 
 
-class FiredPredicate(BaseModel):
+class FiredPredicate(OutputModel):
     signal: str
     op: str
     threshold: float | bool
     observed: float | bool
 
 
-class EscalationDecision(BaseModel):
+class EscalationDecision(OutputModel):
     """Whether the role escalates, why, and to which model."""
 
     escalate: bool

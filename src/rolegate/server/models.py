@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from rolegate.policy.decision import Decision, PolicyRef
+from rolegate.policy.decision import Decision, OutputModel, PolicyRef
 from rolegate.policy.escalation import EscalationDecision
 
 
@@ -14,7 +14,7 @@ class RouteResult(Decision):
     decision_id: str = Field(description="Pass to run_role to run exactly this decision.")
 
 
-class Usage(BaseModel):
+class Usage(OutputModel):
     input_tokens: int
     output_tokens: int
     input_exact: bool = Field(description="True when the server counted the input tokens.")
@@ -24,20 +24,20 @@ class Usage(BaseModel):
     )
 
 
-class FallbackInfo(BaseModel):
+class FallbackInfo(OutputModel):
     from_model: str
     to_model: str
     reason: str = Field(description="The failure code that triggered the declared fallback.")
     consent: str = Field(description="'auto' (declared) or 'user' (asked through elicitation).")
 
 
-class ContractReport(BaseModel):
+class ContractReport(OutputModel):
     name: str
     valid: bool
     errors: list[str] = Field(default_factory=list)
 
 
-class Critique(BaseModel):
+class Critique(OutputModel):
     """A critic's review of an owner's output, run by the server because the pipeline says so.
     It comments; it never replaces or rewrites the owner output."""
 
@@ -53,7 +53,7 @@ class Critique(BaseModel):
     cost_micro: int
 
 
-class RunResult(BaseModel):
+class RunResult(OutputModel):
     output: str = Field(description="The model's completion text.")
     structured: dict[str, Any] | None = Field(
         default=None, description="The output parsed against the role's contract, when valid."
@@ -93,7 +93,7 @@ class RunResult(BaseModel):
     )
 
 
-class ScopeReport(BaseModel):
+class ScopeReport(OutputModel):
     id: str
     scope: str
     target: str | None
@@ -109,7 +109,7 @@ class ScopeReport(BaseModel):
     left_tokens: int | None
 
 
-class CallCheck(BaseModel):
+class CallCheck(OutputModel):
     model: str
     role: str | None
     job: str | None
@@ -126,7 +126,7 @@ class CallCheck(BaseModel):
     message: str
 
 
-class BudgetReport(BaseModel):
+class BudgetReport(OutputModel):
     policy: PolicyRef
     ledger: str = Field(description="Where spend is counted.")
     scopes: list[ScopeReport]
