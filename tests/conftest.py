@@ -17,6 +17,12 @@ def example_path(stem: str) -> Path:
     return path
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Every async test runs on asyncio (the MCP SDK's and the server's loop)."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def mac_mini() -> Policy:
     return load_policy(example_path("000"))

@@ -20,6 +20,7 @@ from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
 from tests.support.llama import LlamaServer, llama_server
+from tests.support.progress import Progress
 
 pytestmark = pytest.mark.anyio
 
@@ -40,11 +41,6 @@ lanes: {{heavy: {heavy}}}
 budgets:
   - {{scope: global, window: day, tokens: 1000000}}
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class _Counted(httpx2.AsyncByteStream):
@@ -138,15 +134,9 @@ async def test_client_cancellation_stops_the_upstream_generation(tmp_path: Path)
     transport = CountingTransport()
     with llama_server(ctx=2048, parallel=1, log=log, extra_args=("--metrics",)) as llama:
         server, ledger = build(llama, tmp_path, 1, transport)
-        deltas: list[str | None] = []
         async with Client(server, mode="legacy") as client:
             with anyio.CancelScope() as scope:
-
-                async def on_progress(done: float, total: float | None, msg: str | None) -> None:
-                    deltas.append(msg)
-                    if len(deltas) == 5:
-                        scope.cancel()
-
+                progress = Progress(cancel=scope, after=5)
                 await client.call_tool(
                     "run_role",
                     {
@@ -154,18 +144,18 @@ async def test_client_cancellation_stops_the_upstream_generation(tmp_path: Path)
                         "prompt": "Write a very long story about a lighthouse keeper.",
                         "max_output_tokens": 800,
                     },
-                    progress_callback=on_progress,
+                    progress_callback=progress,
                 )
             assert scope.cancelled_caught
             # The upstream response is closed once the server handler is cancelled.
             with anyio.fail_after(30):
                 while transport.closed < 1:
                     await anyio.sleep(0.05)
-                while await _slot_busy(llama):
+                while await llama.busy():
                     await anyio.sleep(0.05)
             budget = await client.call_tool("check_budget", {})
-        predicted = _metric(llama, "llamacpp:tokens_predicted_total")
-    assert len(deltas) >= 5
+        predicted = llama.metric("llamacpp:tokens_predicted_total")
+    assert len(progress.messages) >= 5
     assert "cancel task" in log.read_text(errors="replace")  # llama.cpp's own record
     assert 5 <= predicted < 800
     # Charged for what was produced, and nothing is left reserved.
@@ -176,15 +166,3 @@ async def test_client_cancellation_stops_the_upstream_generation(tmp_path: Path)
     assert record["code"] == "CANCELLED"
     assert record["role"] == "first"
     assert record["output_tokens"] >= 5
-
-
-async def _slot_busy(llama: LlamaServer) -> bool:
-    async with httpx2.AsyncClient() as http:
-        slots = (await http.get(f"{llama.url}/slots", timeout=5)).json()
-    return any(slot["is_processing"] for slot in slots)
-
-
-def _metric(llama: LlamaServer, name: str) -> float:
-    text = httpx2.get(f"{llama.url}/metrics", timeout=5).text
-    (value,) = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(value)

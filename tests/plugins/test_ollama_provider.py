@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 import httpx
-import httpx2
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
@@ -25,8 +24,10 @@ from rolegate.policy import load_policy
 from rolegate.policy.schema import Provider
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
-from tests.support.llama import LlamaServer, free_port, llama_server
+from tests.support.llama import LlamaServer, llama_server
 from tests.support.ollama import OllamaTarget, ollama_compat, real_ollama
+from tests.support.progress import Progress
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -54,11 +55,6 @@ channels:
 budgets:
   - {{scope: global, window: day, tokens: 10000000}}
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -92,37 +88,27 @@ def build(
     return build_server(service), ledger
 
 
-def predicted(llama: LlamaServer) -> float:
-    text = httpx2.get(f"{llama.url}/metrics", timeout=10).text
-    (value,) = [
-        line.split()[1]
-        for line in text.splitlines()
-        if line.startswith("llamacpp:tokens_predicted_total ")
-    ]
-    return float(value)
+PREDICTED = "llamacpp:tokens_predicted_total"
 
 
 async def test_run_role_streams_through_the_ollama_protocol(
     target: OllamaTarget, tmp_path: Path
 ) -> None:
     server, ledger = build(target, tmp_path)
-    progress: list[str | None] = []
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(message)
+    progress = Progress()
 
     async with Client(server, mode="legacy") as client:
         result = await client.call_tool(
             "run_role",
             {"role": "writer", "prompt": "Say hello.", "max_output_tokens": 12, "channel": "cli"},
-            progress_callback=on_progress,
+            progress_callback=progress,
         )
     assert not result.is_error, result.content
     data = result.structured_content
     assert (data["provider"], data["provider_model"]) == ("ollama", target.model)
     assert data["streamed"] is True
     assert data["output"]
-    assert "".join(m or "" for m in progress) == data["output"]
+    assert progress.text == data["output"]
     assert data["ttft_ms"] is not None
     # Usage comes from the final chunk's prompt_eval_count / eval_count.
     assert data["usage"]["input_tokens"] >= 1
@@ -135,20 +121,17 @@ async def test_a_channel_without_streaming_gets_one_answer(
     target: OllamaTarget, tmp_path: Path
 ) -> None:
     server, _ = build(target, tmp_path)
-    progress: list[str | None] = []
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(message)
+    progress = Progress()
 
     async with Client(server, mode="legacy") as client:
         result = await client.call_tool(
             "run_role",
             {"role": "writer", "prompt": "Say hi.", "max_output_tokens": 8, "channel": "email"},
-            progress_callback=on_progress,
+            progress_callback=progress,
         )
     assert not result.is_error, result.content
     assert result.structured_content["output"]
-    assert progress == []  # nothing streamed to an external channel
+    assert progress.messages == []  # nothing streamed to an external channel
 
 
 async def test_contract_is_enforced_with_the_format_field(
@@ -186,14 +169,14 @@ async def test_num_predict_bounds_what_the_upstream_generates(
 ) -> None:
     assert compat.llama is not None
     server, _ = build(compat, tmp_path)
-    before = predicted(compat.llama)
+    before = compat.llama.metric(PREDICTED)
     async with Client(server, mode="legacy") as client:
         result = await client.call_tool(
             "run_role",
             {"role": "writer", "prompt": "Write a long story about ships.", "max_output_tokens": 5},
         )
     assert not result.is_error, result.content
-    assert 1 <= predicted(compat.llama) - before <= 5
+    assert 1 <= compat.llama.metric(PREDICTED) - before <= 5
 
 
 async def test_cancellation_stops_the_upstream_generation(
@@ -202,16 +185,10 @@ async def test_cancellation_stops_the_upstream_generation(
     llama = compat.llama
     assert llama is not None
     server, ledger = build(compat, tmp_path)
-    before = predicted(llama)
-    deltas: list[str | None] = []
+    before = llama.metric(PREDICTED)
     async with Client(server, mode="legacy") as client:
         with anyio.CancelScope() as scope:
-
-            async def on_progress(done: float, total: float | None, msg: str | None) -> None:
-                deltas.append(msg)
-                if len(deltas) == 3:
-                    scope.cancel()
-
+            progress = Progress(cancel=scope, after=3)
             await client.call_tool(
                 "run_role",
                 {
@@ -219,15 +196,15 @@ async def test_cancellation_stops_the_upstream_generation(
                     "prompt": "Write a very long story about a lighthouse keeper.",
                     "max_output_tokens": 800,
                 },
-                progress_callback=on_progress,
+                progress_callback=progress,
             )
         assert scope.cancelled_caught
         with anyio.fail_after(30):
             while not [r for r in ledger.recent_audit(5) if r["kind"] == "call"]:
                 await anyio.sleep(0.05)
-            while await _busy(llama):
+            while await llama.busy():
                 await anyio.sleep(0.05)
-    generated = predicted(llama) - before
+    generated = llama.metric(PREDICTED) - before
     assert 3 <= generated < 800
     (record,) = [r for r in ledger.recent_audit(5) if r["kind"] == "call"]
     assert record["code"] == "CANCELLED"
@@ -307,9 +284,3 @@ async def test_unreachable_ollama_is_unavailable(tmp_path: Path) -> None:
     async with Client(server, mode="legacy") as client:
         result = await client.call_tool("run_role", {"role": "writer", "prompt": "hi"})
     assert result.content[0].text.startswith("PROVIDER_UNAVAILABLE: nothing:1b: cannot reach")
-
-
-async def _busy(llama: LlamaServer) -> bool:
-    async with httpx2.AsyncClient() as http:
-        slots: list[dict[str, Any]] = (await http.get(f"{llama.url}/slots", timeout=5)).json()
-    return any(slot["is_processing"] for slot in slots)

@@ -19,6 +19,7 @@ from rolegate.policy.tokens import estimate_tokens
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
 from tests.support.llama import LlamaServer, llama_server
+from tests.support.progress import Progress
 
 pytestmark = pytest.mark.anyio
 
@@ -38,11 +39,6 @@ roles:
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def policy_for(server: LlamaServer, tmp_path: Path) -> Policy:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(v1=server.v1))
@@ -57,16 +53,13 @@ def mcp_server(llama: LlamaServer, tmp_path: Path) -> MCPServer:
 async def test_run_role_gets_real_tokens_usage_and_streaming(
     mcp_server: MCPServer, llama: LlamaServer
 ) -> None:
-    progress: list[str | None] = []
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(message)
+    progress = Progress()
 
     async with Client(mcp_server, mode="legacy") as client:
         result = await client.call_tool(
             "run_role",
             {"role": "writer", "prompt": "Say hello.", "max_output_tokens": 8},
-            progress_callback=on_progress,
+            progress_callback=progress,
         )
     data = result.structured_content
     assert not result.is_error, result.content
@@ -77,7 +70,7 @@ async def test_run_role_gets_real_tokens_usage_and_streaming(
     assert data["streamed"] is True
     assert data["ttft_ms"] is not None
     assert data["ttft_ms"] <= data["latency_ms"]
-    assert "".join(m or "" for m in progress) == data["output"]
+    assert progress.text == data["output"]
     # The server's own count of the same messages matches the usage it reported.
     direct = httpx2.post(
         f"{llama.v1}/chat/completions",

@@ -38,11 +38,6 @@ budgets:
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FaultyTransport(httpx2.AsyncBaseTransport):
     """The real transport, except: the first ``refuse`` chat requests fail to connect; a chat
     stream is cut after ``cut_after`` chunks; ``strip_usage`` drops usage from the stream."""

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
 from rolegate.server.logs import configure_logging
 from rolegate.server.service import Rolegate
+from tests.support.servers import CountingEndpoint
 
 ERAS = ["legacy", "2026-07-28"]
 
@@ -41,13 +41,6 @@ def codex_server(codex_rs: Policy, log_stream: io.StringIO) -> MCPServer:
     return build_server(build_service(codex_rs, env={}))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def consent_answerer(
     answer: str, asked: list[str]
 ) -> Callable[[Any, Any], Awaitable[ElicitResult]]:
@@ -60,3 +53,11 @@ def consent_answerer(
         return ElicitResult(action="decline")
 
     return on_elicit
+
+
+@pytest.fixture
+def cloud() -> Iterator[CountingEndpoint]:
+    """A stand-in 'cloud' endpoint that only counts the connections made to it."""
+    endpoint = CountingEndpoint()
+    yield endpoint
+    endpoint.close()

@@ -41,11 +41,6 @@ budgets:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened = open_ledger(f"sqlite://{tmp_path / 'ledger.sqlite3'}")
     yield opened

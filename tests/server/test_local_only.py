@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,8 @@ from mcp.server.mcpserver import MCPServer
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
-from tests.server.conftest import ERAS, free_port
+from tests.server.conftest import ERAS
+from tests.support.servers import CountingEndpoint, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -38,45 +36,6 @@ roles:
 jobs:
   private: {{role: local_auto, local_only: true}}
 """
-
-
-class CountingEndpoint:
-    """A TCP listener that counts every connection made to it (the 'cloud')."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join()
-        self.sock.close()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def cloud() -> Iterator[CountingEndpoint]:
-    endpoint = CountingEndpoint()
-    yield endpoint
-    endpoint.close()
 
 
 @pytest.fixture

@@ -15,11 +15,6 @@ pytestmark = pytest.mark.anyio
 CANARY = "CANARY-7f3e9a1c-do-not-log"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 CALLS: list[tuple[str, dict[str, Any]]] = [
     ("route_task", {"task": f"hello {CANARY}"}),
     ("route_task", {"task": f"{CANARY} " * 20_000, "role": "chat"}),  # refused

@@ -9,7 +9,6 @@ never contacted.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
 from tests.server.conftest import ERAS, consent_answerer
-from tests.server.test_local_only import CountingEndpoint
 from tests.support.llama import LlamaServer
+from tests.support.servers import CountingEndpoint
 
 pytestmark = pytest.mark.anyio
 
@@ -85,18 +84,6 @@ SYSTEM = (
 UNSURE = "Plan how to split the parser module. You are unsure: report confidence 0.3."
 REVIEW = "Review this plan: split the parser module into a lexer and a parser, confidence 0.3."
 SURE = "Plan how to rename one variable. You are certain: report confidence 0.95."
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def cloud() -> Iterator[CountingEndpoint]:
-    endpoint = CountingEndpoint()
-    yield endpoint
-    endpoint.close()
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from mcp.server.mcpserver import MCPServer
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
-from tests.server.conftest import ERAS, consent_answerer, free_port
+from tests.server.conftest import ERAS, consent_answerer
+from tests.support.progress import Progress
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -56,11 +58,6 @@ pipeline:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def server(tmp_path: Path) -> MCPServer:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(port=free_port()))
@@ -73,26 +70,19 @@ async def run(client: Client, **args: Any) -> Any:
 
 @pytest.mark.parametrize("era", ERAS)
 async def test_run_role_streams_progress_and_reports_usage(server: MCPServer, era: str) -> None:
-    progress: list[str | None] = []
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(message)
+    progress = Progress()
 
     async with Client(server, mode=era) as client:
         result = await client.call_tool(
             "run_role",
             {"role": "parrot", "prompt": "one two three"},
-            progress_callback=on_progress,
+            progress_callback=progress,
         )
-        quiet: list[str | None] = []
-
-        async def on_quiet(done: float, total: float | None, message: str | None) -> None:
-            quiet.append(message)
-
+        quiet = Progress()
         email = await client.call_tool(
             "run_role",
             {"role": "parrot", "prompt": "a b", "channel": "email"},
-            progress_callback=on_quiet,
+            progress_callback=quiet,
         )
     data = result.structured_content
     assert not result.is_error
@@ -106,8 +96,8 @@ async def test_run_role_streams_progress_and_reports_usage(server: MCPServer, er
     }
     assert data["streamed"] is True
     assert data["fallback"] is None
-    assert progress == ["one", " two", " three"]
-    assert quiet == []  # email forbids streaming: no partial text reaches the client
+    assert progress.messages == ["one", " two", " three"]
+    assert quiet.messages == []  # email forbids streaming: no partial text reaches the client
     assert email.structured_content["output"] == "a b"
 
 

@@ -15,11 +15,6 @@ from tests.server.conftest import ERAS
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def call(client: Client, tool: str, args: dict[str, Any]) -> Any:
     return await client.call_tool(tool, args)
 

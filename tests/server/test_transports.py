@@ -19,16 +19,13 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import example_path
-from tests.server.conftest import ERAS, free_port
+from tests.server.conftest import ERAS
 from tests.server.test_logging import CANARY
 from tests.support.llama import LlamaServer
+from tests.support.progress import Progress
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def serve_args(*extra: str) -> list[str]:
@@ -207,10 +204,7 @@ async def test_run_role_streams_progress_over_streamable_http(
     policy = tmp_path / "policy.yaml"
     policy.write_text(LLAMA_POLICY.format(v1=llama.v1))
     ledger = f"sqlite://{tmp_path / 'ledger.sqlite3'}"
-    progress: list[str | None] = []
-
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(message)
+    progress = Progress()
 
     with serving_http("--policy", str(policy), "--ledger", ledger) as (url, token):
         async with (
@@ -220,11 +214,11 @@ async def test_run_role_streams_progress_over_streamable_http(
             result = await client.call_tool(
                 "run_role",
                 {"role": "writer", "prompt": "Say hello.", "max_output_tokens": 8},
-                progress_callback=on_progress,
+                progress_callback=progress,
             )
     assert not result.is_error, result.content
     data = result.structured_content
     assert data["model"] == "gemma"
     assert 1 <= data["usage"]["output_tokens"] <= 8
-    assert progress
-    assert "".join(m or "" for m in progress) == data["output"]
+    assert progress.messages
+    assert progress.text == data["output"]

@@ -6,14 +6,16 @@ scripts/setup_llama.sh installs it and exports ROLEGATE_LLAMA_SERVER and ROLEGAT
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tests.support.servers import missing, stop, wait_until_healthy
+import httpx2
+
+from tests.support.servers import free_port, missing, stop, wait_until_healthy
 
 ALIAS = "gemma3-270m"
 
@@ -31,6 +33,18 @@ class LlamaServer:
         self.process.kill()
         self.process.wait(timeout=10)
 
+    def metric(self, name: str) -> float:
+        """A counter from /metrics (the server must run with --metrics)."""
+        text = httpx2.get(f"{self.url}/metrics", timeout=10).text
+        (value,) = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+        return float(value)
+
+    async def busy(self) -> bool:
+        """Is any slot still generating?"""
+        async with httpx2.AsyncClient() as http:
+            slots: list[dict[str, Any]] = (await http.get(f"{self.url}/slots", timeout=5)).json()
+        return any(slot["is_processing"] for slot in slots)
+
 
 def require_llama() -> tuple[str, str]:
     """The server binary and model, or fail (in CI) / skip (elsewhere) with the fix."""
@@ -42,13 +56,6 @@ def require_llama() -> tuple[str, str]:
             "scripts/setup_llama.sh and exports ROLEGATE_LLAMA_SERVER and ROLEGATE_GGUF)"
         )
     return binary, gguf
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support.llama import ALIAS, LlamaServer, free_port
-from tests.support.servers import missing, stop, wait_until_healthy
+from tests.support.llama import ALIAS, LlamaServer
+from tests.support.servers import free_port, missing, stop, wait_until_healthy
 
 
 @dataclass

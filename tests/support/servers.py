@@ -1,14 +1,24 @@
-"""Starting and stopping the real servers the tests use (llama.cpp, ollama-proxy-plus)."""
+"""The real servers the tests use (llama.cpp, ollama-proxy-plus) and a counting stand-in."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 import time
 from typing import NoReturn
 
 import httpx2
 import pytest
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def missing(message: str) -> NoReturn:
@@ -45,3 +55,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+class CountingEndpoint:
+    """A TCP listener that counts every connection made to it (the 'cloud')."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self.sock.close()

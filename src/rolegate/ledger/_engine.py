@@ -253,9 +253,13 @@ def load(tx: Tx, request_id: str, *, lock: bool) -> Reservation | None:
     )
 
 
-def do_audit(tx: Tx, record_json: str, now_us: int) -> None:
-    """Append a record already checked and encoded by ``base.audit_json``."""
-    tx.run("INSERT INTO rolegate_audit (at_us, record) VALUES (?, ?)", [now_us, record_json])
+def do_audit(tx: Tx, record_json: str | None) -> None:
+    """Append a record already checked and encoded by ``base.audit_json`` (None: nothing)."""
+    if record_json is not None:
+        tx.run(
+            "INSERT INTO rolegate_audit (at_us, record) VALUES (?, ?)",
+            [time.time_ns() // 1000, record_json],
+        )
 
 
 def do_recent_audit(tx: Tx, limit: int) -> list[dict[str, object]]:
@@ -332,8 +336,7 @@ class SqlLedger(ABC):
         encoded = None if audit is None else audit_json(audit)
         with self._transaction(write=True) as tx:
             do_commit(tx, request_id, cost_micro=cost_micro, tokens=tokens, now=now)
-            if encoded is not None:
-                do_audit(tx, encoded, time.time_ns() // 1000)
+            do_audit(tx, encoded)
 
     def release(
         self, request_id: str, now: datetime, *, audit: Mapping[str, object] | None = None
@@ -341,8 +344,7 @@ class SqlLedger(ABC):
         encoded = None if audit is None else audit_json(audit)
         with self._transaction(write=True) as tx:
             do_release(tx, request_id, now)
-            if encoded is not None:
-                do_audit(tx, encoded, time.time_ns() // 1000)
+            do_audit(tx, encoded)
 
     def sweep(self, now: datetime) -> int:
         with self._transaction(write=True) as tx:
@@ -351,7 +353,7 @@ class SqlLedger(ABC):
     def audit(self, record: Mapping[str, object]) -> None:
         encoded = audit_json(record)  # refuse text before taking any lock
         with self._transaction(write=True) as tx:
-            do_audit(tx, encoded, time.time_ns() // 1000)
+            do_audit(tx, encoded)
 
     def recent_audit(self, limit: int) -> list[dict[str, object]]:
         with self._transaction(write=False) as tx:

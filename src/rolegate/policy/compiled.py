@@ -12,7 +12,7 @@ from typing import Any
 
 from rolegate.errors import PolicyProblem
 from rolegate.policy.checks import model_locality
-from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument
+from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument, Stage
 
 _TIER_ORDER = {"hot": 0, "warm": 1, "cold": 2}
 
@@ -141,6 +141,8 @@ class Policy:
         for rid in sorted(doc.roles):
             mid = doc.roles[rid].model
             self.roles_by_model[mid] = (*self.roles_by_model.get(mid, ()), rid)
+        # Declared pipeline stages by name (names are unique: checked at load).
+        self.stages: dict[str, Stage] = {stage.name: stage for stage in doc.pipeline.stages}
 
     @property
     def name(self) -> str:

@@ -163,7 +163,7 @@ def build_server(service: Rolegate) -> MCPServer:
                 local_only=local_only,
                 risk=risk,
             )
-            return await service.route_task_audited(request)
+            return await service.route_task(request)
 
         return await _boundary("route_task", call, hash_())
 

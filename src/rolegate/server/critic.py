@@ -42,7 +42,7 @@ def automatic_critic(
     """The critic role the server must run on this owner output, if any."""
     if not task_id or not stage:
         return None
-    declared = next((s for s in policy.doc.pipeline.stages if s.name == stage), None)
+    declared = policy.stages.get(stage)
     if declared is None or declared.critic is None or declared.owner != role:
         return None
     mode = policy.doc.pipeline.critic

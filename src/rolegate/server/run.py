@@ -185,7 +185,7 @@ async def run_role(
             "consent": how,
             "policy_hash": policy.hash,
         }
-        await service.audit_async(fallback_record)
+        await service.audit(fallback_record)
         call = await runner.admit(
             service, next_info, chat, role=role, job=job, max_output=max_output
         )
@@ -252,10 +252,8 @@ async def run_role(
 def _validation_retries(policy: Policy, role: str, stage: str | None) -> int:
     if stage is None or policy.doc.roles[role].output_contract is None:
         return 0
-    for declared in policy.doc.pipeline.stages:
-        if declared.name == stage and declared.validate_contract:
-            return declared.max_retries
-    return 0
+    declared = policy.stages.get(stage)
+    return declared.max_retries if declared is not None and declared.validate_contract else 0
 
 
 def _contract_ok(policy: Policy, role: str, text: str) -> bool:

@@ -109,32 +109,28 @@ class Rolegate:
         return self.usage.snapshot(self.policy, self.clock())
 
     # -- route_task ---------------------------------------------------------
-    def route_task(self, request: RouteRequest) -> RouteResult:
+    async def route_task(self, request: RouteRequest) -> RouteResult:
+        """The router's decision, remembered under a decision_id and audited (ids, no text)."""
         decision = route(request, self.policy, self.snapshot())
         decision_id = "dec_" + uuid.uuid4().hex
         self._decisions[decision_id] = decision
         while len(self._decisions) > MAX_REMEMBERED_DECISIONS:
             self._decisions.popitem(last=False)
-        return RouteResult(decision_id=decision_id, **decision.model_dump())
-
-    async def route_task_audited(self, request: RouteRequest) -> RouteResult:
-        """route_task plus its audit record, written off the event loop (ids, no text)."""
-        result = self.route_task(request)
-        if self.ledger is not None:
-            record = {
+        await self.audit(
+            {
                 "kind": "decision",
-                "decision_id": result.decision_id,
-                "outcome": result.outcome,
-                "code": result.code,
-                "intent": result.intent,
-                "job": result.job,
-                "role": result.role,
-                "model": result.model,
-                "input_tokens": result.tokens.input_tokens if result.tokens else None,
+                "decision_id": decision_id,
+                "outcome": decision.outcome,
+                "code": decision.code,
+                "intent": decision.intent,
+                "job": decision.job,
+                "role": decision.role,
+                "model": decision.model,
+                "input_tokens": decision.tokens.input_tokens if decision.tokens else None,
                 "policy_hash": self.policy.hash,
             }
-            await self.audit_async(record)
-        return result
+        )
+        return RouteResult(decision_id=decision_id, **decision.model_dump())
 
     def decision(self, decision_id: str) -> Decision:
         found = self._decisions.get(decision_id)
@@ -257,7 +253,7 @@ class Rolegate:
             self.tasks.record_escalation(
                 task_id, role, decision.step, provenance_id, decision, consent=answer
             )
-        await self.audit_async(
+        await self.audit(
             {
                 "kind": "escalation",
                 "request_id": provenance_id,
@@ -295,10 +291,10 @@ class Rolegate:
         authority = self.policy.doc.roles[role].authority
         if authority == "sidecar":
             return
-        declared = {s.name: s for s in self.policy.doc.pipeline.stages}
-        if stage in declared and declared[stage].owner != role:
+        declared = self.policy.stages.get(stage)
+        if declared is not None and declared.owner != role:
             raise RefusedError(
-                f"stage {stage!r} is owned by role {declared[stage].owner!r}; role {role!r} "
+                f"stage {stage!r} is owned by role {declared.owner!r}; role {role!r} "
                 "cannot write it (one owner per stage; no consensus)",
                 code=Code.CONSENSUS_FORBIDDEN,
             )
@@ -310,14 +306,11 @@ class Rolegate:
                 code=Code.CONSENSUS_FORBIDDEN,
             )
 
-    def audit(self, record: Mapping[str, object]) -> None:
-        if self.ledger is not None:
-            self.ledger.audit(record)
-
-    async def audit_async(self, record: Mapping[str, object]) -> None:
-        """Append a record from the event loop: the durable write runs in a worker thread."""
-        if self.ledger is not None:
-            await anyio.to_thread.run_sync(self.audit, record)
+    async def audit(self, record: Mapping[str, object]) -> None:
+        """Append an audit record; the durable write runs in a worker thread, off the loop."""
+        ledger = self.ledger
+        if ledger is not None:
+            await anyio.to_thread.run_sync(ledger.audit, record)
 
     async def ask_consent(self, ctx: Any, failed: str, alternate: str, reason: str) -> bool | None:
         """Ask mid-call through ctx.elicit (handshake era only); None when the client can't."""
@@ -326,7 +319,7 @@ class Rolegate:
         from rolegate.server.consent import ConsentForm, elicit_consent
 
         answer = await elicit_consent(ctx, consent_message(failed, alternate, reason), ConsentForm)
-        await self.audit_async(
+        await self.audit(
             {
                 "kind": "consent",
                 "model": failed,
