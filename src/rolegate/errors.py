@@ -9,14 +9,16 @@
     │                             UNKNOWN_CHANNEL, INVALID_ARGUMENT, ...
     ├── RefusedError              the policy refuses the call (OVER_BUDGET, LOCAL_ONLY_VIOLATION,
     │                             NOT_ALLOWLISTED, BUDGET_EXHAUSTED, NEEDS_CONSENT,
-    │                             CONSENSUS_FORBIDDEN, CRITIC_NOT_ALLOWED, ...)
+    │                             CONSENSUS_FORBIDDEN, CRITIC_NOT_ALLOWED, FALLBACK_FORBIDDEN, ...)
     ├── ProviderError             the model server failed: PROVIDER_UNAVAILABLE,
     │                             PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE
     ├── LedgerError               the budget ledger cannot be used (BUDGET_UNAVAILABLE)
     └── PluginError               a plugin failed to load, or two claim one name (PLUGIN_ERROR)
 
-The MCP tool layer is the one place that turns these into tool errors
-(``CODE: sentence``); nothing else catches broadly.
+The MCP tool layer (``server.boundary``) is the one place that turns these into tool errors
+(``CODE: sentence``), together with the SDK's own complaints (UNKNOWN_TOOL, INVALID_ARGUMENT)
+and crashes (INTERNAL_ERROR); nothing else catches broadly. LEDGER_SPOOLED is a warning code:
+a run whose spend could not be committed returns its output with it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Code(StrEnum):
     NEEDS_CONSENT = "NEEDS_CONSENT"
     CONSENSUS_FORBIDDEN = "CONSENSUS_FORBIDDEN"
     CRITIC_NOT_ALLOWED = "CRITIC_NOT_ALLOWED"
+    FALLBACK_FORBIDDEN = "FALLBACK_FORBIDDEN"
+    LEDGER_SPOOLED = "LEDGER_SPOOLED"
+    UNKNOWN_TOOL = "UNKNOWN_TOOL"
     UNKNOWN_ROLE = "UNKNOWN_ROLE"
     UNKNOWN_JOB = "UNKNOWN_JOB"
     UNKNOWN_MODEL = "UNKNOWN_MODEL"
@@ -134,6 +139,7 @@ class ProviderError(RolegateError):
 
     default_code = Code.PROVIDER_ERROR
     partial_output_tokens: int | None = None
+    answered: bool = False  # the server sent an answer (an HTTP error): never retried
 
 
 class LedgerError(RolegateError):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import pytest
+
 from rolegate.ledger import Ledger, open_ledger
 
 PG_ENV = "ROLEGATE_TEST_PG_URL"
@@ -77,6 +79,23 @@ class SqliteBackend:
         _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
         resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
 
+    def migrations(self) -> list[tuple[str, int]]:
+        """(name, applied_us) of every row of rolegate_migrations, by name."""
+        conn = sqlite3.connect(self.path)
+        try:
+            return list(conn.execute("SELECT name, applied_us FROM rolegate_migrations ORDER BY 1"))
+        finally:
+            conn.close()
+
+    def execute(self, *statements: str) -> None:
+        """Raw SQL on the ledger's database, outside the ledger (white box)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            for statement in statements:
+                conn.execute(statement)
+        finally:
+            conn.close()
+
     def destroy(self) -> None:
         return None  # tmp_path is cleaned up by pytest
 
@@ -110,6 +129,12 @@ class PostgresBackend:
     def url(self) -> str:
         return self._url(f"-c search_path={self.role}")
 
+    def url_as(self, role: str, password: str) -> str:
+        """The URL for another login role, on this backend's schema."""
+        parts = urlsplit(self.url)
+        netloc = f"{role}:{password}@{parts.netloc.rsplit('@', 1)[-1]}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
     def short_timeout_url(self) -> str:
         return self._url(f"-c search_path={self.role} -c lock_timeout=300")
 
@@ -129,6 +154,20 @@ class PostgresBackend:
     def request_states(self) -> dict[str, str]:
         rows = self._admin(f"SELECT request_id, state FROM {self.role}.rolegate_requests")
         return {str(r[0]): str(r[1]) for r in rows}
+
+    def migrations(self) -> list[tuple[str, int]]:
+        rows = self._admin(
+            f"SELECT name, applied_us FROM {self.role}.rolegate_migrations ORDER BY 1"
+        )
+        return [(str(r[0]), int(str(r[1]))) for r in rows]
+
+    def execute(self, *statements: str) -> None:
+        """Raw SQL as the backend's own role, on its schema (white box)."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
 
     @contextmanager
     def hold_write_lock(self, line_id: str) -> Iterator[None]:
@@ -183,3 +222,17 @@ Backend = SqliteBackend | PostgresBackend
 
 def ci_is_set() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def make_postgres() -> PostgresBackend:
+    """A fresh PostgreSQL backend; skips the test without one (fails it under CI)."""
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        message = (
+            f"{PG_ENV} is not set, so the PostgreSQL ledger tests cannot run: "
+            f'export {PG_ENV}="$(scripts/setup_postgres.sh)"'
+        )
+        if ci_is_set():
+            pytest.fail(message + " (CI is set: a skipped backend is not a pass)")
+        pytest.skip(message)
+    return PostgresBackend.create(admin_url)

@@ -1,26 +1,12 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rolegate.ledger import Ledger
-from tests.ledger.backends import PG_ENV, Backend, PostgresBackend, SqliteBackend, ci_is_set
-
-
-def _postgres() -> PostgresBackend:
-    admin_url = os.environ.get(PG_ENV)
-    if not admin_url:
-        message = (
-            f"{PG_ENV} is not set, so the PostgreSQL ledger tests cannot run: "
-            f'export {PG_ENV}="$(scripts/setup_postgres.sh)"'
-        )
-        if ci_is_set():
-            pytest.fail(message + " (CI is set: a skipped backend is not a pass)")
-        pytest.skip(message)
-    return PostgresBackend.create(admin_url)
+from rolegate.ledger import Ledger, MemoryWork, WorkStore
+from tests.ledger.backends import Backend, PostgresBackend, SqliteBackend, make_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -28,7 +14,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     """A fresh, empty ledger store per test, on each backend."""
     made: Backend = SqliteBackend(tmp_path / "ledger.sqlite3")
     if request.param == "postgres":
-        made = _postgres()
+        made = make_postgres()
     try:
         yield made
     finally:
@@ -38,7 +24,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def pg_backend() -> Iterator[PostgresBackend]:
     """For the few behaviours only a database server has (sessions, roles)."""
-    made = _postgres()
+    made = make_postgres()
     try:
         yield made
     finally:
@@ -52,3 +38,22 @@ def ledger(backend: Backend) -> Iterator[Ledger]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def work(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkStore]:
+    """A fresh, empty work store: in memory, and in a ledger on each backend."""
+    if request.param == "memory":
+        yield MemoryWork()
+        return
+    made: Backend = SqliteBackend(tmp_path / "ledger.sqlite3")
+    if request.param == "postgres":
+        made = make_postgres()
+    try:
+        opened = made.open()
+        try:
+            yield opened
+        finally:
+            opened.close()
+    finally:
+        made.destroy()

@@ -139,3 +139,109 @@ def try_after_breaking(backend: Any, lines: tuple[BudgetLine, ...], results: Any
         except RolegateError as exc:
             outcome[name] = f"{exc.code}|{exc.message}"
     results.put(outcome)
+
+
+# -- the work store -----------------------------------------------------------------------
+
+
+def claim_at_barrier(
+    url: str, worker: int, task_id: str, stage: str, barrier: Barrier, results: Any
+) -> None:
+    """Claim one stage once every worker is at the barrier; report the outcome."""
+    ledger = open_ledger(url)
+    request_id = f"claim-{worker}"
+    barrier.wait(timeout=120)
+    try:
+        ledger.claim_stage(
+            task_id=task_id,
+            stage=stage,
+            role="planner",
+            model="m-a",
+            request_id=request_id,
+            now=T0,
+            lease_s=3600,
+        )
+        outcome = "claimed"
+    except RolegateError as exc:
+        outcome = f"{exc.code}|{exc.message}"
+    ledger.close()
+    results.put((request_id, outcome))
+
+
+def escalate_at_barrier(
+    url: str, worker: int, task_id: str, barrier: Barrier, results: Any
+) -> None:
+    """Record step 0 of one role's escalation once every worker is at the barrier."""
+    ledger = open_ledger(url)
+    provenance_id = f"esc-{worker}"
+    barrier.wait(timeout=120)
+    try:
+        won: bool | str = ledger.record_escalation(
+            task_id=task_id,
+            role="planner",
+            step=0,
+            provenance_id=provenance_id,
+            from_model="m-a",
+            to_model=f"m-{worker}",
+            fired=["low_confidence"],
+            policy_hash="h",
+            consent=None,
+            now=T0,
+        )
+    except RolegateError as exc:
+        won = f"{exc.code}|{exc.message}"
+    ledger.close()
+    results.put((provenance_id, won))
+
+
+def claim_and_finish_many(
+    url: str, worker: int, tasks: int, stage: str, barrier: Barrier, results: Any
+) -> None:
+    """For each task in turn: claim the stage and, when that succeeds, finish it at once.
+
+    Runs of other workers finish while this one claims: a claim must still see their owner.
+    """
+    ledger = open_ledger(url)
+    owned: list[str] = []
+    errors: list[str] = []
+    barrier.wait(timeout=120)
+    for k in range(tasks):
+        task_id = f"task-{k}"
+        request_id = f"w{worker}-{k}"
+        try:
+            ledger.claim_stage(
+                task_id=task_id, stage=stage, role="planner", model="m-a",
+                request_id=request_id, now=T0, lease_s=3600,
+            )  # fmt: skip
+        except RolegateError as exc:
+            if exc.code != "CONSENSUS_FORBIDDEN":
+                errors.append(str(exc))
+            continue
+        try:
+            ledger.finish_stage(
+                task_id=task_id, stage=stage, request_id=request_id, role="planner",
+                model="m-a", authority="owner", contract_valid=True, now=T0,
+            )  # fmt: skip
+            owned.append(task_id)
+        except RolegateError as exc:
+            errors.append(str(exc))
+    ledger.close()
+    results.put((worker, owned, errors))
+
+
+def open_at_barrier(url: str, barrier: Barrier, results: Any) -> None:
+    """Open (and so migrate) the ledger once every worker is at the barrier."""
+    barrier.wait(timeout=120)
+    try:
+        open_ledger(url).close()
+        results.put("ok")
+    except RolegateError as exc:
+        results.put(str(exc))
+
+
+def read_decision(url: str, decision_id: str, results: Any) -> None:
+    ledger = open_ledger(url)
+    try:
+        results.put(ledger.get_decision(decision_id))
+    finally:
+        ledger.close()

@@ -75,7 +75,7 @@ async def test_run_role_streams_progress_and_reports_usage(server: MCPServer, er
     async with Client(server, mode=era) as client:
         result = await client.call_tool(
             "run_role",
-            {"role": "parrot", "prompt": "one two three"},
+            {"role": "parrot", "prompt": "one two three", "channel": "cli"},
             progress_callback=progress,
         )
         quiet = Progress()
@@ -83,6 +83,11 @@ async def test_run_role_streams_progress_and_reports_usage(server: MCPServer, er
             "run_role",
             {"role": "parrot", "prompt": "a b", "channel": "email"},
             progress_callback=quiet,
+        )
+        # No channel given and no default channel: unknown, so nothing is streamed.
+        silent = Progress()
+        unknown = await client.call_tool(
+            "run_role", {"role": "parrot", "prompt": "c d"}, progress_callback=silent
         )
     data = result.structured_content
     assert not result.is_error
@@ -99,6 +104,12 @@ async def test_run_role_streams_progress_and_reports_usage(server: MCPServer, er
     assert progress.messages == ["one", " two", " three"]
     assert quiet.messages == []  # email forbids streaming: no partial text reaches the client
     assert email.structured_content["output"] == "a b"
+    assert email.structured_content["streamed"] is False  # the truth: nothing was streamed
+    assert silent.messages == []
+    assert (unknown.structured_content["output"], unknown.structured_content["streamed"]) == (
+        "c d",
+        False,
+    )
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -131,6 +142,10 @@ async def test_declared_auto_fallback_is_reported(server: MCPServer, era: str) -
         "to_model": "echo-1",
         "reason": "PROVIDER_UNAVAILABLE",
         "consent": "auto",
+        "path": [
+            {"model": "dead-1", "code": "PROVIDER_UNAVAILABLE", "outcome": "failed", "consent": None},
+            {"model": "echo-1", "code": "OK", "outcome": "ok", "consent": "auto"},
+        ],
     }
     assert none.is_error  # no declared fallback: no silent switch
     assert none.content[0].text.startswith("PROVIDER_UNAVAILABLE: dead-1: cannot reach")

@@ -1,4 +1,5 @@
-"""The budget ledger: reservations and spend per budget line, exact across processes.
+"""The budget ledger: reservations and spend per budget line, exact across processes, and
+the work store (stage owners, escalations, decisions) in the same database.
 
 ``open_ledger(None)`` opens the default SQLite file; ``sqlite:///abs/path`` another file;
 ``postgresql://...`` a database shared across machines (needs ``psycopg``).
@@ -15,8 +16,10 @@ from rolegate.ledger.base import (
     HasBudgets,
     Ledger,
     Reservation,
+    WorkStore,
     default_owner,
 )
+from rolegate.ledger.memory import MemoryWork
 from rolegate.ledger.sqlite import DEFAULT_BUSY_TIMEOUT_S, SqliteLedger, default_path
 
 _FORMS = "use sqlite:///ABSOLUTE/PATH or postgresql://USER@HOST:PORT/DB"
@@ -70,8 +73,10 @@ __all__ = [
     "BudgetExhaustedError",
     "HasBudgets",
     "Ledger",
+    "MemoryWork",
     "Reservation",
     "SqliteLedger",
+    "WorkStore",
     "default_owner",
     "default_path",
     "open_ledger",

@@ -5,7 +5,8 @@ only in how they serialize writers on a budget line: SQLite takes the database w
 (``BEGIN IMMEDIATE``), PostgreSQL locks one row per line, in line-id order.
 
 Lock order, the same everywhere so that transactions cannot deadlock:
-request row -> budget line rows (by id) -> charge rows.
+request row -> budget line rows (by id) -> charge rows, and for the work store
+stage claim row -> stage owner row (see ``do_claim_stage``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,23 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
-from rolegate.errors import Code, RequestError
+from rolegate.errors import Code, LedgerError, RequestError
 from rolegate.ledger.base import (
     HasBudgets,
     Reservation,
     audit_json,
+    check_names,
+    check_optional_text,
+    check_step,
+    check_text,
+    check_verdict,
+    claimed_refusal,
+    decision_reused,
     lease_us,
+    lost_claim_refusal,
+    owner_refusal,
     refusal,
+    storable,
     to_us,
     to_utc,
     unique_lines,
@@ -32,41 +43,6 @@ from rolegate.ledger.base import (
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.decision import BudgetSnapshot, ScopeUsage
 from rolegate.server.windows import window_start
-
-# BIGINT has INTEGER affinity in SQLite, so one DDL serves both; only the audit key differs.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS rolegate_requests (
-    request_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    line_ids TEXT NOT NULL,
-    at_us BIGINT NOT NULL,
-    expires_us BIGINT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'released', 'expired')),
-    reserved_micro BIGINT NOT NULL,
-    reserved_tokens BIGINT NOT NULL,
-    charged_micro BIGINT,
-    charged_tokens BIGINT,
-    settled_us BIGINT
-);
-CREATE INDEX IF NOT EXISTS rolegate_requests_open ON rolegate_requests (state, expires_us);
-CREATE TABLE IF NOT EXISTS rolegate_charges (
-    request_id TEXT NOT NULL,
-    line_id TEXT NOT NULL,
-    at_us BIGINT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('reserved', 'committed')),
-    expires_us BIGINT,
-    cost_micro BIGINT NOT NULL,
-    tokens BIGINT NOT NULL,
-    PRIMARY KEY (request_id, line_id)
-);
-CREATE INDEX IF NOT EXISTS rolegate_charges_window
-    ON rolegate_charges (line_id, at_us, state, expires_us, cost_micro, tokens);
-CREATE TABLE IF NOT EXISTS rolegate_audit (
-    id {audit_id},
-    at_us BIGINT NOT NULL,
-    record TEXT NOT NULL
-);
-"""
 
 _REQUEST_COLUMNS = (
     "request_id, owner, line_ids, at_us, expires_us, state, reserved_micro, reserved_tokens"
@@ -276,6 +252,284 @@ def _check_amounts(cost_micro: int, tokens: int) -> None:
             raise RequestError(f"{name} must be an int >= 0, got {value!r}")
 
 
+# -- the work store (see ``base.WorkStore``) -------------------------------------------
+
+#: How often a claim retries when the claim row it conflicted with is gone by the time it
+#: locks it: each retry means another run finished or released the stage meanwhile.
+_CLAIM_ATTEMPTS = 32
+
+
+def do_put_decision(tx: Tx, decision_id: str, record_json: str, now_us: int) -> None:
+    added = tx.run(
+        "INSERT INTO rolegate_decisions (decision_id, at_us, record) VALUES (?, ?, ?)"
+        " ON CONFLICT (decision_id) DO NOTHING",
+        [decision_id, now_us, record_json],
+    )
+    if added != 1:
+        raise decision_reused(decision_id)
+
+
+def do_get_decision(tx: Tx, decision_id: str) -> dict[str, object] | None:
+    found = tx.rows("SELECT record FROM rolegate_decisions WHERE decision_id = ?", [decision_id])
+    return dict(json.loads(found[0][0])) if found else None
+
+
+def do_claim_stage(
+    tx: Tx,
+    *,
+    task_id: str,
+    stage: str,
+    role: str,
+    model: str,
+    request_id: str,
+    now_us: int,
+    expires_us: int,
+) -> None:
+    """Claim (task_id, stage) for ``request_id``, in the caller's write transaction.
+
+    The claim row is the stage's mutex. Every transaction that writes the owner row
+    (``do_finish_stage``) first holds the claim row (locked FOR UPDATE, and deleted before it
+    commits), so locks are always taken in the order claim row -> owner row and two
+    transactions on one stage cannot deadlock.
+
+    Here the claim row is secured first: ``INSERT ... ON CONFLICT DO NOTHING`` either
+    inserts it (a concurrent inserter of the same key waits for us; we wait for one in
+    progress, and for an in-progress delete, before deciding) or finds it committed, and
+    then ``SELECT ... FOR UPDATE`` locks it, waiting for its holder and re-reading the
+    newest committed version (READ COMMITTED). If it vanished in between (its holder finished
+    or released), we start over. Only then is the owner row read: in READ COMMITTED a new
+    statement's snapshot is taken after our lock was granted, so it sees every owner write
+    committed by an earlier holder of the claim, and no later one can write the owner until
+    we commit. Reading the owner first (owner row before claim row) would not do: when no
+    owner exists yet there is no row to lock, and a run finishing between that read and our
+    insert would leave us a claim on a stage that already has its owner output.
+
+    SQLite runs the same statements under the database write lock (BEGIN IMMEDIATE), where
+    nothing changes between them and the loop runs once.
+    """
+    held: tuple[Any, ...] | None = None
+    for _ in range(_CLAIM_ATTEMPTS):
+        inserted = tx.run(
+            "INSERT INTO rolegate_stage_claims"
+            " (task_id, stage, request_id, role, model, expires_us) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (task_id, stage) DO NOTHING",
+            [task_id, stage, request_id, role, model, expires_us],
+        )
+        if inserted == 1:
+            break
+        found = tx.rows(
+            "SELECT request_id, expires_us FROM rolegate_stage_claims"
+            " WHERE task_id = ? AND stage = ?" + tx.for_update,
+            [task_id, stage],
+        )
+        if found:
+            held = found[0]
+            break
+    else:
+        raise LedgerError(
+            f"stage {stage!r} of task {task_id!r} changed hands {_CLAIM_ATTEMPTS} times while "
+            "this run tried to claim it; retry"
+        )
+    owner = tx.rows(
+        "SELECT model FROM rolegate_stage_owners WHERE task_id = ? AND stage = ?" + tx.for_update,
+        [task_id, stage],
+    )
+    if owner:
+        (owner_model,) = owner[0]
+        if owner_model == model or _current_model(tx, task_id, role) != model:
+            raise owner_refusal(task_id, stage, owner_model)  # rolls our claim back too
+    if held is None:
+        return  # inserted
+    holder, held_until = held
+    if holder != request_id and held_until > now_us:
+        raise claimed_refusal(task_id, stage)
+    # Ours already (renewed), or expired: its run died or overran; taken over.
+    tx.run(
+        "UPDATE rolegate_stage_claims SET request_id = ?, role = ?, model = ?, expires_us = ?"
+        " WHERE task_id = ? AND stage = ?",
+        [request_id, role, model, expires_us, task_id, stage],
+    )
+
+
+def do_finish_stage(
+    tx: Tx,
+    *,
+    task_id: str,
+    stage: str,
+    request_id: str,
+    role: str,
+    model: str,
+    authority: str,
+    contract_valid: bool | None,
+    now_us: int,
+) -> None:
+    """The claim row first, then the owner row: the order ``do_claim_stage`` explains."""
+    found = tx.rows(
+        "SELECT request_id FROM rolegate_stage_claims WHERE task_id = ? AND stage = ?"
+        + tx.for_update,
+        [task_id, stage],
+    )
+    if not found or found[0][0] != request_id:
+        raise lost_claim_refusal(task_id, stage, request_id)
+    owner = tx.rows(
+        "SELECT model, replaced FROM rolegate_stage_owners WHERE task_id = ? AND stage = ?"
+        + tx.for_update,
+        [task_id, stage],
+    )
+    if owner:
+        earlier, history = owner[0]
+        replaced = json.dumps([*json.loads(history), earlier])
+        tx.run(
+            "UPDATE rolegate_stage_owners SET role = ?, model = ?, request_id = ?,"
+            " authority = ?, contract_valid = ?, replaced = ?, at_us = ?"
+            " WHERE task_id = ? AND stage = ?",
+            [role, model, request_id, authority, contract_valid, replaced, now_us,
+             task_id, stage],
+        )  # fmt: skip
+    else:
+        tx.run(
+            "INSERT INTO rolegate_stage_owners (task_id, stage, role, model, request_id,"
+            " authority, contract_valid, replaced, at_us) VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?)",
+            [task_id, stage, role, model, request_id, authority, contract_valid, now_us],
+        )
+    tx.run(
+        "DELETE FROM rolegate_stage_claims WHERE task_id = ? AND stage = ? AND request_id = ?",
+        [task_id, stage, request_id],
+    )
+
+
+def do_release_stage(tx: Tx, *, task_id: str, stage: str, request_id: str) -> None:
+    tx.run(
+        "DELETE FROM rolegate_stage_claims WHERE task_id = ? AND stage = ? AND request_id = ?",
+        [task_id, stage, request_id],
+    )
+
+
+def do_record_critique(
+    tx: Tx,
+    *,
+    task_id: str,
+    stage: str | None,
+    role: str,
+    model: str,
+    request_id: str,
+    contract_valid: bool | None,
+    now_us: int,
+) -> None:
+    tx.run(
+        "INSERT INTO rolegate_critiques"
+        " (task_id, stage, role, model, request_id, contract_valid, at_us)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [task_id, stage, role, model, request_id, contract_valid, now_us],
+    )
+
+
+def do_record_escalation(
+    tx: Tx,
+    *,
+    task_id: str,
+    role: str,
+    step: int,
+    provenance_id: str,
+    from_model: str | None,
+    to_model: str | None,
+    fired: list[str],
+    policy_hash: str,
+    consent: str | None,
+    now_us: int,
+) -> bool:
+    """The primary key decides: of two writers of one (task, role, step), the second's
+    INSERT waits for the first to commit, then does nothing."""
+    added = tx.run(
+        "INSERT INTO rolegate_escalations (task_id, role, step, provenance_id, from_model,"
+        " to_model, fired, policy_hash, consent, at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (task_id, role, step) DO NOTHING",
+        [task_id, role, step, provenance_id, from_model, to_model, json.dumps(fired),
+         policy_hash, consent, now_us],
+    )  # fmt: skip
+    return added == 1
+
+
+def _current_model(tx: Tx, task_id: str, role: str) -> str | None:
+    found = tx.rows(
+        "SELECT to_model FROM rolegate_escalations WHERE task_id = ? AND role = ?"
+        " ORDER BY step DESC LIMIT 1",
+        [task_id, role],
+    )
+    return found[0][0] if found else None
+
+
+def _verdict(value: object) -> bool | None:
+    return None if value is None else bool(value)  # SQLite keeps BOOLEAN as 0/1
+
+
+def _escalation(row: tuple[Any, ...]) -> dict[str, Any]:
+    provenance_id, role, step, from_model, to_model, fired, policy_hash, consent, _ = row
+    return {
+        "provenance_id": provenance_id,
+        "role": role,
+        "step": int(step),
+        "from_model": from_model,
+        "to_model": to_model,
+        "fired": list(json.loads(fired)),
+        "policy_hash": policy_hash,
+        "consent": consent,
+    }
+
+
+def do_task_view(tx: Tx, task_id: str) -> dict[str, Any] | None:
+    owners = tx.rows(
+        "SELECT stage, role, model, request_id, authority, contract_valid, replaced"
+        " FROM rolegate_stage_owners WHERE task_id = ?",
+        [task_id],
+    )
+    escalations = tx.rows(
+        "SELECT provenance_id, role, step, from_model, to_model, fired, policy_hash, consent,"
+        " at_us FROM rolegate_escalations WHERE task_id = ?",
+        [task_id],
+    )
+    critiques = tx.rows(
+        "SELECT role, model, request_id, contract_valid, stage FROM rolegate_critiques"
+        " WHERE task_id = ? ORDER BY id",
+        [task_id],
+    )
+    if not (owners or escalations or critiques):
+        return None
+    # Sorted here, not by ORDER BY: database collations differ; Python's order does not.
+    stages = {
+        stage: {
+            "role": role,
+            "model": model,
+            "request_id": request_id,
+            "authority": authority,
+            "contract_valid": _verdict(valid),
+            "authoritative": True,
+            "replaced": list(json.loads(replaced)),
+        }
+        for stage, role, model, request_id, authority, valid, replaced in sorted(
+            owners, key=lambda row: row[0]
+        )
+    }
+    ordered = sorted(escalations, key=lambda row: (int(row[8]), row[1], int(row[2])))
+    return {
+        "task_id": task_id,
+        "stages": stages,
+        "escalations": [_escalation(row) for row in ordered],
+        "critiques": [
+            {
+                "role": role,
+                "model": model,
+                "request_id": request_id,
+                "authority": "sidecar",
+                "contract_valid": _verdict(valid),
+                "stage": stage,
+                "authoritative": False,
+            }
+            for role, model, request_id, valid, stage in critiques
+        ],
+    }
+
+
 class SqlLedger(ABC):
     """The Ledger interface on top of a backend's transactions (see ``base.Ledger``)."""
 
@@ -358,3 +612,165 @@ class SqlLedger(ABC):
     def recent_audit(self, limit: int) -> list[dict[str, object]]:
         with self._transaction(write=False) as tx:
             return do_recent_audit(tx, limit)
+
+    # -- the work store (see ``base.WorkStore``) ------------------------------------------
+
+    def put_decision(
+        self,
+        decision_id: str,
+        record: Mapping[str, object],
+        *,
+        now: datetime,
+        audit: Mapping[str, object] | None = None,
+    ) -> None:
+        check_text("decision_id", decision_id)
+        encoded = audit_json(record, what="decision")
+        trail = None if audit is None else audit_json(audit)
+        now_us = to_us(now)
+        with self._transaction(write=True) as tx:
+            do_put_decision(tx, decision_id, encoded, now_us)
+            do_audit(tx, trail)
+
+    def get_decision(self, decision_id: str) -> dict[str, object] | None:
+        if not storable(decision_id):
+            return None
+        with self._transaction(write=False) as tx:
+            return do_get_decision(tx, decision_id)
+
+    def claim_stage(
+        self,
+        *,
+        task_id: str,
+        stage: str,
+        role: str,
+        model: str,
+        request_id: str,
+        now: datetime,
+        lease_s: float,
+    ) -> None:
+        args = _texts(task_id=task_id, stage=stage, role=role, model=model, request_id=request_id)
+        now_us = to_us(now)
+        expires_us = now_us + lease_us(lease_s)
+        with self._transaction(write=True) as tx:
+            do_claim_stage(tx, **args, now_us=now_us, expires_us=expires_us)
+
+    def finish_stage(
+        self,
+        *,
+        task_id: str,
+        stage: str,
+        request_id: str,
+        role: str,
+        model: str,
+        authority: str,
+        contract_valid: bool | None,
+        now: datetime,
+    ) -> None:
+        args = _texts(
+            task_id=task_id,
+            stage=stage,
+            request_id=request_id,
+            role=role,
+            model=model,
+            authority=authority,
+        )
+        verdict = check_verdict(contract_valid)
+        now_us = to_us(now)
+        with self._transaction(write=True) as tx:
+            do_finish_stage(tx, **args, contract_valid=verdict, now_us=now_us)
+
+    def release_stage(self, *, task_id: str, stage: str, request_id: str) -> None:
+        if not (storable(task_id) and storable(stage) and storable(request_id)):
+            return  # it could never have been claimed
+        with self._transaction(write=True) as tx:
+            do_release_stage(tx, task_id=task_id, stage=stage, request_id=request_id)
+
+    def record_critique(
+        self,
+        *,
+        task_id: str,
+        stage: str | None,
+        role: str,
+        model: str,
+        request_id: str,
+        contract_valid: bool | None,
+        now: datetime,
+    ) -> None:
+        args = _texts(task_id=task_id, role=role, model=model, request_id=request_id)
+        where = check_optional_text("stage", stage)
+        verdict = check_verdict(contract_valid)
+        now_us = to_us(now)
+        with self._transaction(write=True) as tx:
+            do_record_critique(tx, **args, stage=where, contract_valid=verdict, now_us=now_us)
+
+    def record_escalation(
+        self,
+        *,
+        task_id: str,
+        role: str,
+        step: int,
+        provenance_id: str,
+        from_model: str | None,
+        to_model: str | None,
+        fired: Sequence[str],
+        policy_hash: str,
+        consent: str | None,
+        now: datetime,
+    ) -> bool:
+        args = _texts(
+            task_id=task_id, role=role, provenance_id=provenance_id, policy_hash=policy_hash
+        )
+        moved_from = check_optional_text("from_model", from_model)
+        moved_to = check_optional_text("to_model", to_model)
+        answer = check_optional_text("consent", consent)
+        signals = check_names("fired", fired)
+        rung = check_step(step)
+        now_us = to_us(now)
+        with self._transaction(write=True) as tx:
+            return do_record_escalation(
+                tx,
+                **args,
+                step=rung,
+                from_model=moved_from,
+                to_model=moved_to,
+                fired=signals,
+                consent=answer,
+                now_us=now_us,
+            )
+
+    def escalation_step(self, task_id: str, role: str) -> int:
+        if not (storable(task_id) and storable(role)):
+            return 0
+        with self._transaction(write=False) as tx:
+            found = tx.rows(
+                "SELECT MAX(step) FROM rolegate_escalations WHERE task_id = ? AND role = ?",
+                [task_id, role],
+            )
+        top = found[0][0] if found else None
+        return 0 if top is None else int(top) + 1
+
+    def current_model(self, task_id: str, role: str) -> str | None:
+        if not (storable(task_id) and storable(role)):
+            return None
+        with self._transaction(write=False) as tx:
+            return _current_model(tx, task_id, role)
+
+    def was_escalated(self, task_id: str) -> bool:
+        if not storable(task_id):
+            return False
+        with self._transaction(write=False) as tx:
+            found = tx.rows(
+                "SELECT 1 FROM rolegate_escalations WHERE task_id = ? LIMIT 1", [task_id]
+            )
+        return bool(found)
+
+    def task_view(self, task_id: str) -> dict[str, Any] | None:
+        if not storable(task_id):
+            return None
+        with self._transaction(write=False) as tx:
+            return do_task_view(tx, task_id)
+
+
+def _texts(**values: str) -> dict[str, str]:
+    """Each argument checked storable (RequestError names the first that is not)."""
+    return {name: check_text(name, value) for name, value in values.items()}

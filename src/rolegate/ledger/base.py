@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from rolegate.errors import Code, RefusedError
+from rolegate.errors import Code, RefusedError, RequestError
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.decision import BudgetSnapshot
 from rolegate.server.windows import window_reset
@@ -35,8 +35,153 @@ class HasBudgets(Protocol):
 
 
 @runtime_checkable
-class Ledger(Protocol):
-    """Spend and reservations per budget line, shared by every process that opens it.
+class WorkStore(Protocol):
+    """Tasks, stage owners, escalation steps and decisions: the state one run leaves for the next.
+
+    ``SqlLedger`` keeps it in the ledger database, shared by every process that opens it and
+    kept across restarts; ``MemoryWork`` keeps it in one process (a server without a ledger).
+    Both have the same semantics. Records hold ids, names, models, numbers and codes, never
+    prompt or completion text. Writers take the current time explicitly (UTC-aware).
+
+    Every id and name may be any ``str``; one that no database can store (a NUL character,
+    an unpaired surrogate) is refused with RequestError (INVALID_ARGUMENT) by writers and is
+    simply not found by readers. The SQL store raises LedgerError (BUDGET_UNAVAILABLE) when
+    the database cannot be used.
+
+    One authoritative owner output per (task_id, stage): a run first claims the stage
+    (``claim_stage``), then either turns the claim into the owner output (``finish_stage``)
+    or drops it (``release_stage``). A second owner output for a stage needs an escalation
+    of the role to another model (``record_escalation``) first.
+    """
+
+    def put_decision(
+        self,
+        decision_id: str,
+        record: Mapping[str, object],
+        *,
+        now: datetime,
+        audit: Mapping[str, object] | None = None,
+    ) -> None:
+        """Store a router decision (ids, names, numbers) under ``decision_id``.
+
+        ``audit``, when given, is appended in the same transaction (one durable write).
+        Raises RequestError for a ``decision_id`` already stored, ValueError for a record
+        or audit record carrying a text key (see ``FORBIDDEN_AUDIT_KEYS``).
+        """
+        ...
+
+    def get_decision(self, decision_id: str) -> dict[str, object] | None:
+        """The record stored under ``decision_id`` (by any process), or None."""
+        ...
+
+    def claim_stage(
+        self,
+        *,
+        task_id: str,
+        stage: str,
+        role: str,
+        model: str,
+        request_id: str,
+        now: datetime,
+        lease_s: float,
+    ) -> None:
+        """Claim the right to write the owner output of ``stage`` of ``task_id``, or raise.
+
+        Raises RefusedError (CONSENSUS_FORBIDDEN) when the stage already has its owner
+        output and the latest escalation of ``role`` on the task did not move it to
+        ``model`` (or the owner output is already from ``model``), and when another run's
+        claim on the stage has not expired. A claim expires ``lease_s`` after ``now``; an
+        expired one (its process died) is taken over. Claiming again with the same
+        ``request_id`` renews the claim.
+        """
+        ...
+
+    def finish_stage(
+        self,
+        *,
+        task_id: str,
+        stage: str,
+        request_id: str,
+        role: str,
+        model: str,
+        authority: str,
+        contract_valid: bool | None,
+        now: datetime,
+    ) -> None:
+        """Make the claim of ``request_id`` the stage's owner output and drop the claim.
+
+        ``model`` is the one that ran (a declared fallback may differ from the claimed
+        one). An earlier owner's model is appended to the stage's ``replaced`` history.
+        Raises RefusedError (CONSENSUS_FORBIDDEN) when ``request_id`` no longer holds the
+        claim (its lease expired and another run took the stage over): that output is not
+        the stage's owner output.
+        """
+        ...
+
+    def release_stage(self, *, task_id: str, stage: str, request_id: str) -> None:
+        """The run failed: drop its claim (no-op if it holds none); an owner output stays."""
+        ...
+
+    def record_critique(
+        self,
+        *,
+        task_id: str,
+        stage: str | None,
+        role: str,
+        model: str,
+        request_id: str,
+        contract_valid: bool | None,
+        now: datetime,
+    ) -> None:
+        """Record a sidecar (non-authoritative) run on the task."""
+        ...
+
+    def record_escalation(
+        self,
+        *,
+        task_id: str,
+        role: str,
+        step: int,
+        provenance_id: str,
+        from_model: str | None,
+        to_model: str | None,
+        fired: Sequence[str],
+        policy_hash: str,
+        consent: str | None,
+        now: datetime,
+    ) -> bool:
+        """Record that ``role`` climbed rung ``step`` on the task; False (nothing written)
+        when that (task_id, role, step) is already recorded, by this process or another."""
+        ...
+
+    def escalation_step(self, task_id: str, role: str) -> int:
+        """How many rungs ``role`` has already climbed on the task: max(step) + 1, or 0."""
+        ...
+
+    def current_model(self, task_id: str, role: str) -> str | None:
+        """``to_model`` of the latest (highest step) escalation of ``role`` on the task."""
+        ...
+
+    def was_escalated(self, task_id: str) -> bool:
+        """Whether any role was escalated on the task."""
+        ...
+
+    def task_view(self, task_id: str) -> dict[str, Any] | None:
+        """The task's stages, escalations and critiques; None when nothing was recorded.
+
+        ``{"task_id", "stages": {stage: {role, model, request_id, authority, contract_valid,
+        authoritative: True, replaced: [models]}}, "escalations": [{provenance_id, role,
+        step, from_model, to_model, fired, policy_hash, consent}], "critiques": [{role,
+        model, request_id, authority, contract_valid, stage, authoritative: False}]}``.
+        Stages are by name; escalations by time, role and step; critiques in record order.
+        """
+        ...
+
+
+@runtime_checkable
+class Ledger(WorkStore, Protocol):
+    """Spend and reservations per budget line, shared by every process that opens it, and
+    the work store (``WorkStore``) in the same database.
 
     All methods are synchronous and short; the server calls them from a worker thread.
     Each takes the current time explicitly so tests can drive the clock.
@@ -199,9 +344,12 @@ def refusal(
     )
 
 
-def audit_json(record: Mapping[str, object]) -> str:
-    """The record as JSON, refusing any key that would carry prompt or completion text."""
-    _check_keys(record, "record")
+def audit_json(record: Mapping[str, object], *, what: str = "audit") -> str:
+    """The record as JSON, refusing any key that would carry prompt or completion text.
+
+    ``what`` names the record in the error ("audit", "decision").
+    """
+    _check_keys(record, f"{what} record")
     return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -210,10 +358,92 @@ def _check_keys(value: object, where: str) -> None:
         for key, inner in value.items():
             if str(key).lower() in FORBIDDEN_AUDIT_KEYS:
                 raise ValueError(
-                    f"audit {where} has key {key!r}: the audit trail never stores prompt or "
+                    f"{where} has key {key!r}: the ledger never stores prompt or "
                     "completion text; record token counts instead"
                 )
             _check_keys(inner, f"{where}.{key}")
     elif isinstance(value, list | tuple):
         for i, inner in enumerate(value):
             _check_keys(inner, f"{where}[{i}]")
+
+
+# -- the work store's argument checks, shared by every implementation -------------------
+
+
+def storable(value: object) -> bool:
+    """Whether ``value`` is a str every store keeps as is (no NUL, valid UTF-8)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate: neither SQLite nor PostgreSQL takes it
+        return False
+    return True
+
+
+def check_text(name: str, value: object) -> str:
+    """``value`` if it is a storable str, else RequestError (INVALID_ARGUMENT)."""
+    if not storable(value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise RequestError(
+            f"{name} must be a string without NUL characters or unpaired surrogates, got {shown}",
+            code=Code.INVALID_ARGUMENT,
+        )
+    return str(value)
+
+
+def check_optional_text(name: str, value: object) -> str | None:
+    return None if value is None else check_text(name, value)
+
+
+def check_names(name: str, values: object) -> list[str]:
+    """A sequence of storable strings (a bare str is refused: it is not a list of names)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise RequestError(f"{name} must be a list of strings, got {values!r}")
+    return [check_text(f"{name}[{i}]", value) for i, value in enumerate(values)]
+
+
+def check_verdict(value: object) -> bool | None:
+    """A contract verdict: True, False or None (no contract)."""
+    if value is not None and type(value) is not bool:
+        raise RequestError(f"contract_valid must be True, False or None, got {value!r}")
+    return value
+
+
+def check_step(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise RequestError(f"step must be an int >= 0, got {value!r}")
+    return value
+
+
+def owner_refusal(task_id: str, stage: str, model: str) -> RefusedError:
+    return RefusedError(
+        f"stage {stage!r} of task {task_id!r} already has its owner output (from {model}); "
+        "a second authoritative run needs an escalation first",
+        code=Code.CONSENSUS_FORBIDDEN,
+    )
+
+
+def claimed_refusal(task_id: str, stage: str) -> RefusedError:
+    return RefusedError(
+        f"stage {stage!r} of task {task_id!r} is being written by another run now "
+        "(one owner per stage)",
+        code=Code.CONSENSUS_FORBIDDEN,
+    )
+
+
+def lost_claim_refusal(task_id: str, stage: str, request_id: str) -> RefusedError:
+    return RefusedError(
+        f"request {request_id!r} holds no claim on stage {stage!r} of task {task_id!r} (its "
+        "lease expired and another run took the stage over, or it never claimed it); its "
+        "output is not the stage's owner output",
+        code=Code.CONSENSUS_FORBIDDEN,
+    )
+
+
+def decision_reused(decision_id: str) -> RequestError:
+    return RequestError(
+        f"decision_id {decision_id!r} was already used; every decision needs a fresh one",
+        code=Code.INVALID_ARGUMENT,
+    )

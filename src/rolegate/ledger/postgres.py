@@ -21,14 +21,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from rolegate.errors import LedgerError
-from rolegate.ledger._engine import SCHEMA, SqlLedger
+from rolegate.ledger import migrations
+from rolegate.ledger._engine import SqlLedger
 
 CONNECT_TIMEOUT_S = 10
 LOCK_TIMEOUT_S = 30  # like SQLite's busy_timeout: wait this long for a line, then fail closed
-# Serializes schema creation: concurrent CREATE TABLE IF NOT EXISTS can fail in PostgreSQL.
+# Serializes migrations: concurrent CREATE TABLE IF NOT EXISTS can fail in PostgreSQL.
 _SCHEMA_LOCK_KEY = 0x726F6C6567617465  # "rolegate"
-
-_LINES = "CREATE TABLE IF NOT EXISTS rolegate_lines (line_id TEXT PRIMARY KEY)"
 
 
 def redact(url: str) -> str:
@@ -141,17 +140,30 @@ class PostgresLedger(SqlLedger):
         self._create_schema()
 
     def _create_schema(self) -> None:
-        with self._transaction(write=True) as tx:
-            # Skip DDL when the tables exist: a role with only DML rights may then use a
-            # schema an administrator created (CREATE ... IF NOT EXISTS needs CREATE rights).
-            tables = ["rolegate_requests", "rolegate_charges", "rolegate_audit", "rolegate_lines"]
-            found = tx.rows("SELECT count(to_regclass(t)) FROM unnest(?::text[]) AS t", [tables])
-            if found[0][0] == len(tables):
-                return
-            tx.run("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK_KEY])
-            for statement in [*SCHEMA.format(audit_id="BIGSERIAL PRIMARY KEY").split(";"), _LINES]:
-                if statement.strip():
-                    tx.run(statement)
+        """Apply the missing migrations (see ``migrations``), or nothing when none is missing.
+
+        The check reads ``rolegate_migrations`` only, so a role with DML rights alone may use
+        a schema an administrator migrated (DDL needs CREATE rights). The migrations run
+        under a transaction-scoped advisory lock: a process opening the database at the
+        same time waits, then re-reads the list (READ COMMITTED) and finds them applied.
+        """
+        missing: list[str] = []
+        try:
+            with self._transaction(write=True) as tx:
+                missing = [m.name for m in migrations.pending(tx, "postgres")]
+                if not missing:
+                    return
+                tx.run("SELECT pg_advisory_xact_lock(?)", [_SCHEMA_LOCK_KEY])
+                migrations.migrate(tx, "postgres")
+        except LedgerError as exc:
+            if missing and isinstance(exc.__cause__, psycopg.errors.InsufficientPrivilege):
+                raise LedgerError(
+                    f"the ledger {self.description} needs schema migration(s) "
+                    f"{', '.join(missing)}, and this role may not create tables: open it "
+                    "once as the schema's owner (any rolegate command that opens the "
+                    "ledger applies them), then retry"
+                ) from exc
+            raise
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)

@@ -22,7 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 from rolegate.errors import LedgerError
-from rolegate.ledger._engine import SCHEMA, SqlLedger
+from rolegate.ledger import migrations
+from rolegate.ledger._engine import SqlLedger
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 
@@ -92,11 +93,16 @@ class SqliteLedger(SqlLedger):
                         f"{self.description} cannot use WAL mode (got {mode!r}); put the ledger "
                         "on a local file system"
                     )
+                # The missing migrations, in order, in one write transaction: a process
+                # opening the file at the same time waits, then finds them applied.
                 conn.execute("BEGIN IMMEDIATE")
-                for statement in SCHEMA.format(audit_id="INTEGER PRIMARY KEY").split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("COMMIT")
+                try:
+                    migrations.migrate(_SqliteTx(conn), "sqlite")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
             finally:
                 conn.close()
         except sqlite3.Error as exc:

@@ -30,9 +30,24 @@ async def with_retries(
                 f"{model} did not finish within {timeout_s:g}s", code=Code.PROVIDER_TIMEOUT
             ) from None
         except ProviderError as exc:
-            if exc.code != Code.PROVIDER_UNAVAILABLE or number == retries:
+            if exc.code != Code.PROVIDER_UNAVAILABLE or exc.answered or number == retries:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def answered_with_status(model: str, status: int, detail: object) -> ProviderError:
+    """The server answered with an HTTP error: one mapping for every client.
+
+    502/503/504 mean the server cannot serve now (PROVIDER_UNAVAILABLE, so a declared
+    fallback applies); anything else is PROVIDER_ERROR. Either way the server answered,
+    so the call is never retried. ``detail`` may be any JSON value (Ollama sends objects).
+    """
+    code = Code.PROVIDER_UNAVAILABLE if status in (502, 503, 504) else Code.PROVIDER_ERROR
+    err = ProviderError(
+        f"{model}: server answered HTTP {status}: {_short(str(detail))}", code=code
+    )
+    err.answered = True
+    return err
 
 
 def stream_broke(

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlsplit
+
+import re2
 
 from rolegate.errors import PolicyProblem
-from rolegate.policy.schema import KNOWN_CAPABILITIES, Model, PolicyDocument
+from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, Model, PolicyDocument
 
 
 def model_locality(doc: PolicyDocument, model: Model) -> str:
@@ -23,6 +26,7 @@ def model_locality(doc: PolicyDocument, model: Model) -> str:
 def check_document(doc: PolicyDocument) -> list[PolicyProblem]:
     """Every problem in ``doc``: errors and warnings, in a stable order."""
     problems: list[PolicyProblem] = []
+    problems += _check_secrets(doc)
     problems += _check_models(doc)
     problems += _check_roles(doc)
     problems += _check_jobs(doc)
@@ -42,6 +46,119 @@ def _warn(location: str, message: str) -> PolicyProblem:
 
 
 BUILTIN_PROVIDER_TYPES = frozenset({"ollama", "openai"})
+
+# --- secrets pasted into the policy -------------------------------------------------
+# A policy is shown by `policy show` and the rolegate://policy resource, so a key in it
+# leaks. These checks refuse the shapes keys come in; their messages never repeat
+# the value they looked at.
+
+_ENV_NAME = re.compile(API_KEY_ENV_PATTERN)
+# Prefixes of well-known key formats (AWS, GitHub, OpenAI/Anthropic/DeepSeek, Slack,
+# Hugging Face, GitLab, Google, Groq, xAI, Stripe, Perplexity, Replicate, npm, PyPI),
+# compared case-insensitively.
+_KEY_PREFIXES = (
+    "AKIA",
+    "ASIA",
+    "GHP_",
+    "GHO_",
+    "GHU_",
+    "GHS_",
+    "GHR_",
+    "GITHUB_PAT_",
+    "SK-",
+    "SK_",
+    "XOX",
+    "HF_",
+    "GLPAT",
+    "AIZA",
+    "GSK_",
+    "XAI-",
+    "RK_LIVE",
+    "PPLX-",
+    "R8_",
+    "NPM_",
+    "PYPI-",
+)
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+# Query parameters that carry credentials (compared lower-case, '-' read as '_').
+_SECRET_PARAMS = frozenset(
+    {
+        "api_key", "apikey", "key", "token", "access_token", "auth", "auth_token",
+        "api_token", "x_api_key", "secret", "client_secret", "password", "passwd",
+        "sig", "signature", "session_token", "bearer",
+    }
+)  # fmt: skip
+_PUT_IT_IN_ENV = "put the key in an environment variable and name that variable in api_key_env"
+
+
+def _long_mixed_run(text: str, *, allow_hex: bool = False) -> bool:
+    """A run of 20+ letters and digits (no '_' or other separator) holding both."""
+    for run in _ALNUM_RUN.findall(text):
+        if len(run) < 20 or run.isalpha() or run.isdigit():
+            continue
+        if allow_hex and _HEX.fullmatch(run):
+            continue  # ids and hashes in URL paths (e.g. an account id) are not keys
+        return True
+    return False
+
+
+def _has_key_prefix(text: str) -> bool:
+    upper = text.upper()
+    for prefix in _KEY_PREFIXES:
+        rest = upper[len(prefix) :]
+        # The rest must look generated (a digit, or a long run), so that names such as
+        # HF_TOKEN or SK_API_KEY stay usable as variable names.
+        if upper.startswith(prefix) and (
+            any(c.isdigit() for c in rest) or any(len(r) >= 16 for r in _ALNUM_RUN.findall(rest))
+        ):
+            return True
+    return False
+
+
+def looks_like_key(text: str, *, allow_hex: bool = False) -> bool:
+    """True if ``text`` has the shape of an API key or token rather than a name."""
+    return _has_key_prefix(text) or _long_mixed_run(text, allow_hex=allow_hex)
+
+
+def _check_secrets(doc: PolicyDocument) -> Iterable[PolicyProblem]:
+    for pid, prov in doc.providers.items():
+        at = f"providers.{pid}"
+        env = prov.api_key_env
+        if env is not None and looks_like_key(env):
+            yield _err(
+                f"{at}.api_key_env",
+                "looks like an API key, not the name of an environment variable; put the "
+                "key in an environment variable and name that variable here",
+            )
+        elif env is not None and not _ENV_NAME.fullmatch(env):
+            yield _err(
+                f"{at}.api_key_env",
+                "not an environment variable name: use upper snake case (A-Z, 0-9 and _, "
+                "at most 64 characters), e.g. OPENAI_API_KEY; never the key itself",
+            )
+        yield from _url_secret_problems(f"{at}.base_url", prov.base_url)
+
+
+def _url_secret_problems(at: str, url: str) -> Iterable[PolicyProblem]:
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        yield _err(at, "not a valid URL")
+        return
+    if "@" in parts.netloc:
+        yield _err(at, f"holds credentials before the host (user:password@); {_PUT_IT_IN_ENV}")
+    for name, value in query:
+        canonical = name.lower().replace("-", "_")
+        if canonical in _SECRET_PARAMS:
+            yield _err(at, f"query parameter {canonical!r} carries a credential; {_PUT_IT_IN_ENV}")
+        elif looks_like_key(value):
+            yield _err(at, f"a query parameter's value looks like an API key; {_PUT_IT_IN_ENV}")
+    if any(looks_like_key(seg, allow_hex=True) for seg in parts.path.split("/")):
+        yield _err(at, f"a path segment looks like an API key; {_PUT_IT_IN_ENV}")
+    if parts.fragment and looks_like_key(parts.fragment, allow_hex=True):
+        yield _err(at, f"the fragment (#...) looks like an API key; {_PUT_IT_IN_ENV}")
 
 
 def _check_models(doc: PolicyDocument) -> Iterable[PolicyProblem]:
@@ -96,8 +213,22 @@ def _chain_problems(
         if mid in seen:
             yield _err(f"{at}[{i}]", f"cycle: {mid!r} appears twice in the {what} of {primary!r}")
         seen.add(mid)
-        if doc.privacy.local_only and model_locality(doc, doc.models[mid]) == "cloud":
+        model = doc.models[mid]
+        if doc.privacy.local_only and model_locality(doc, model) == "cloud":
             yield _err(f"{at}[{i}]", f"{what} to cloud model {mid!r} under local_only")
+        # An escalation ladder may hold both kinds; a fallback chain holds neither.
+        if what == "fallback" and model.escalation_only:
+            yield _err(
+                f"{at}[{i}]",
+                f"{mid!r} is escalation-only: it is reached only through an escalation "
+                "ladder, never as a fallback",
+            )
+        if what == "fallback" and model.premium:
+            yield _err(
+                f"{at}[{i}]",
+                f"{mid!r} is premium: premium models are explicit and allowlisted, "
+                "never a fallback",
+            )
 
 
 def _check_roles(doc: PolicyDocument) -> Iterable[PolicyProblem]:
@@ -167,11 +298,7 @@ def _check_jobs(doc: PolicyDocument) -> Iterable[PolicyProblem]:
 def _check_intents(doc: PolicyDocument) -> Iterable[PolicyProblem]:
     for iid, intent in doc.intents.items():
         at = f"intents.{iid}"
-        for i, pattern in enumerate(intent.match.regex):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                yield _err(f"{at}.match.regex[{i}]", f"invalid regular expression: {exc}")
+        yield from _regex_problems(at, intent.match.regex)
         if intent.role is not None and intent.role not in doc.roles:
             yield _err(f"{at}.role", f"unknown role {intent.role!r}")
         needs = set(intent.requires)
@@ -185,6 +312,40 @@ def _check_intents(doc: PolicyDocument) -> Iterable[PolicyProblem]:
                     f"{at}.role",
                     f"role {intent.role!r}'s model lacks required capabilities {missing}",
                 )
+
+
+def _regex_problems(at: str, regexes: tuple[str, ...]) -> Iterable[PolicyProblem]:
+    # Imported here: ``compiled`` imports this module. Intent patterns are RE2, whose
+    # matching time is linear in the task's length (no catastrophic backtracking).
+    from rolegate.policy.compiled import combined_regex, compile_re2
+
+    ok = True
+    for i, pattern in enumerate(regexes):
+        try:
+            compile_re2(pattern)
+        except re2.error as exc:
+            ok = False
+            yield _err(
+                f"{at}.match.regex[{i}]",
+                f"invalid regular expression ({_re2_reason(exc)}); patterns use RE2 "
+                "syntax: no backreferences or lookaround",
+            )
+    if ok and len(regexes) > 1:
+        try:
+            compile_re2(combined_regex(regexes))
+        except re2.error as exc:
+            yield _err(
+                f"{at}.match.regex",
+                f"the patterns cannot be combined ({_re2_reason(exc)}); "
+                "each named group may appear once per intent",
+            )
+
+
+def _re2_reason(exc: Exception) -> str:
+    reason = exc.args[0] if exc.args else exc
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    return str(reason)
 
 
 def _check_budgets(doc: PolicyDocument) -> Iterable[PolicyProblem]:

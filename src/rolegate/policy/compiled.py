@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
+
+import re2
 
 from rolegate.errors import PolicyProblem
 from rolegate.policy.checks import model_locality
@@ -54,11 +56,17 @@ class BudgetLine:
     tokens: int | None
 
 
+class IntentPattern(Protocol):
+    """A compiled RE2 pattern: matching time is linear in the task's length."""
+
+    def search(self, text: str) -> object | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledIntent:
     name: str
     intent: Intent
-    pattern: re.Pattern[str] | None
+    pattern: IntentPattern | None
 
 
 def _budget_line(budget: Budget) -> BudgetLine:
@@ -76,12 +84,53 @@ def _budget_line(budget: Budget) -> BudgetLine:
     )
 
 
-def _intent_pattern(intent: Intent) -> re.Pattern[str] | None:
-    parts = [r"\b" + re.escape(k) + r"\b" for k in intent.match.keywords]
-    parts += [f"(?:{rx})" for rx in intent.match.regex]
+def re2_options() -> Any:
+    """RE2 options for intent patterns: case-insensitive and quiet.
+
+    RE2's default ``max_mem`` (8 MiB) bounds what compiling a pattern may use.
+    """
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False  # a bad pattern is reported by `check`, not on stderr
+    return options
+
+
+def compile_re2(pattern: str) -> IntentPattern:
+    """Compile ``pattern`` with RE2 (raises ``re2.error``); matching never backtracks."""
+    compiled: IntentPattern = re2.compile(pattern, re2_options())
+    return compiled
+
+
+def combined_regex(regexes: Sequence[str]) -> str:
+    return "|".join(f"(?:{rx})" for rx in regexes)
+
+
+# Python's \b is Unicode-aware and RE2's is ASCII-only, so a keyword's edges are
+# spelled out: a word character is a letter, a digit or '_' in any script.
+_WORD = r"[\pL\pN_]"
+_NOT_WORD = r"[^\pL\pN_]"
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _keyword_regex(keyword: str) -> str:
+    """``keyword`` as a whole word: what ``\\b keyword \\b`` means in Python's re."""
+    if not keyword:
+        return r"\b"
+    before = f"(?:^|{_NOT_WORD})" if _is_word_char(keyword[0]) else _WORD
+    after = f"(?:$|{_NOT_WORD})" if _is_word_char(keyword[-1]) else _WORD
+    return before + str(re2.escape(keyword)) + after
+
+
+def _intent_pattern(intent: Intent) -> IntentPattern | None:
+    parts = [_keyword_regex(k) for k in intent.match.keywords]
+    if intent.match.regex:
+        parts.append(combined_regex(intent.match.regex))
     if not parts:
         return None
-    return re.compile("|".join(parts), re.IGNORECASE)
+    return compile_re2("|".join(parts))
 
 
 class Policy:

@@ -30,6 +30,10 @@ def check_output(contract: Contract, text: str) -> ContractResult:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
         return ContractResult(False, None, (f"not JSON: {exc.msg} at line {exc.lineno}",))
+    except RecursionError:
+        return ContractResult(False, None, ("not usable JSON: nested too deeply",))
+    except ValueError as exc:  # e.g. an integer over Python's digit limit
+        return ContractResult(False, None, (f"not usable JSON: {str(exc)[:200]}",))
     if not isinstance(data, dict):
         return ContractResult(False, None, (f"expected a JSON object, got {type(data).__name__}",))
     errors = [f"missing required key {k!r}" for k in contract.required if k not in data]

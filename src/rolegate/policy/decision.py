@@ -104,6 +104,8 @@ class Decision(OutputModel):
     intent: str | None = None
     required_capabilities: list[str] = Field(default_factory=list)
     job: str | None = None
+    channel: str | None = Field(default=None, description="The output channel it was made for.")
+    risk: str | None = None
     role: str | None = None
     model: str | None = None
     provider: str | None = None
@@ -118,8 +120,14 @@ class Decision(OutputModel):
     )
     streaming: bool | None = None
     judge_required: str | None = None
-    fallback: list[str] = Field(default_factory=list, description="Declared fallback chain.")
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="The declared fallback steps this decision's own constraints allow, in order.",
+    )
     fallback_mode: str | None = None
+    fallback_rejected: list[Rejection] = Field(
+        default_factory=list, description="Declared fallback steps these constraints forbid."
+    )
     remedies: list[str] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)
     rejected: list[Rejection] = Field(default_factory=list)

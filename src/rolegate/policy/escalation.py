@@ -17,6 +17,7 @@ from pydantic import Field
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import ModelInfo, Policy
 from rolegate.policy.decision import BudgetSnapshot, OutputModel, PolicyRef, Rejection
+from rolegate.policy.limits import SignalValue, validate_signals
 from rolegate.policy.router import check_model
 from rolegate.policy.schema import Predicate
 
@@ -29,7 +30,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "ne": operator.ne,
 }
 
-SignalValue = float | bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +74,11 @@ class EscalationDecision(OutputModel):
 def evaluate_predicates(
     predicates: tuple[Predicate, ...], signals: Mapping[str, SignalValue]
 ) -> list[FiredPredicate]:
-    """The predicates that hold for ``signals``; a signal not given never fires."""
+    """The predicates that hold for ``signals``; a signal not given never fires, and a signal
+    fires once even when several predicates name it (the first that holds is reported)."""
     fired: list[FiredPredicate] = []
     for p in predicates:
-        if p.signal not in signals:
+        if p.signal not in signals or any(f.signal == p.signal for f in fired):
             continue
         observed = signals[p.signal]
         if _OPS[p.op](float(observed), float(p.value)):
@@ -126,10 +127,12 @@ def escalate(
         raise RequestError(f"unknown job {req.job!r}", code=Code.UNKNOWN_JOB)
     if req.current_step < 0:
         raise RequestError("current_step must be >= 0", code=Code.INVALID_ARGUMENT)
+    signals = validate_signals(req.signals)
     local_only = req.local_only or policy.is_local_only(req.job)
     ladder = list(role.escalation.ladder)
-    fired = evaluate_predicates(role.escalation.when, req.signals)
-    if doc.escalation_on_user_request and req.signals.get("user_request") is True:
+    fired = evaluate_predicates(role.escalation.when, signals)
+    user_fired = any(f.signal == "user_request" for f in fired)
+    if doc.escalation_on_user_request and signals.get("user_request") is True and not user_fired:
         fired.append(FiredPredicate(signal="user_request", op="eq", threshold=True, observed=True))
     ref = PolicyRef(name=doc.name, revision=doc.revision, hash=policy.hash)
     current = (

@@ -21,6 +21,7 @@ from rolegate.policy.decision import (
     RouteRequest,
     TokenCount,
 )
+from rolegate.policy.limits import MAX_TASK_CHARS, check_count, check_name, check_needs
 from rolegate.policy.tokens import estimate_method, estimate_tokens
 
 # Checks run in this order; a refusal reports the candidate that got furthest.
@@ -33,7 +34,6 @@ _STAGES = (
     Code.BUDGET_EXHAUSTED,
 )
 _EMPTY_SNAPSHOT = BudgetSnapshot()
-MAX_TASK_CHARS = 8_000_000
 
 
 def classify(policy: Policy, task: str) -> CompiledIntent | None:
@@ -45,14 +45,17 @@ def classify(policy: Policy, task: str) -> CompiledIntent | None:
 
 
 def _validate(request: RouteRequest, policy: Policy) -> None:
-    if not request.task.strip():
-        raise RequestError("task is empty; describe the work to route", code=Code.INVALID_ARGUMENT)
     if len(request.task) > MAX_TASK_CHARS:
         raise RequestError(
             f"task is {len(request.task):,} characters; the limit is {MAX_TASK_CHARS:,}. "
             "Pass the size of attached material as context_tokens instead",
             code=Code.INVALID_ARGUMENT,
         )
+    if not request.task.strip():
+        raise RequestError("task is empty; describe the work to route", code=Code.INVALID_ARGUMENT)
+    for value, what in ((request.job, "job"), (request.role, "role"), (request.channel, "channel")):
+        check_name(value, what)
+    check_needs(request.needs)
     doc = policy.doc
     if request.job is not None and request.job not in doc.jobs:
         raise RequestError(
@@ -69,14 +72,9 @@ def _validate(request: RouteRequest, policy: Policy) -> None:
             f"unknown channel {request.channel!r}; the policy defines {sorted(doc.channels)}",
             code=Code.UNKNOWN_CHANNEL,
         )
-    for value, name in (
-        (request.context_tokens, "context_tokens"),
-        (request.input_tokens, "input_tokens"),
-    ):
-        if value is not None and value < 0:
-            raise RequestError(f"{name} must be >= 0", code=Code.INVALID_ARGUMENT)
-    if request.max_output_tokens is not None and request.max_output_tokens < 1:
-        raise RequestError("max_output_tokens must be >= 1", code=Code.INVALID_ARGUMENT)
+    check_count(request.context_tokens, "context_tokens")
+    check_count(request.input_tokens, "input_tokens")
+    check_count(request.max_output_tokens, "max_output_tokens", low=1)
 
 
 class Refusal:
@@ -257,6 +255,8 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
         intent=intent_name,
         required_capabilities=sorted(needs),
         job=request.job,
+        channel=request.channel or doc.defaults.channel,
+        risk=request.risk,
         local_only=local_only,
         max_output_tokens=max_output,
         reasons=reasons,
@@ -279,12 +279,13 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
             code=refusal.code,
             message=message,
             role=role,
-            model=info.id,
+            **_describe(info),
             tokens=_token_count(info, input_tokens, method, task_tokens, context_tokens),
             remedies=_remedies(policy, refusal.code, info, role, input_tokens),
         )
     tokens = _token_count(chosen, input_tokens, method, task_tokens, context_tokens)
-    return _routed(policy, request, chosen, role or _role_for(policy, chosen.id), tokens, base)
+    chosen_role = role or _role_for(policy, chosen.id)
+    return _routed(policy, request, chosen, chosen_role, tokens, base, needs, snapshot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +296,8 @@ class _Base:
     intent: str | None
     required_capabilities: list[str]
     job: str | None
+    channel: str | None
+    risk: str | None
     local_only: bool
     max_output_tokens: int
     reasons: list[str]
@@ -306,6 +309,8 @@ class _Base:
             intent=self.intent,
             required_capabilities=self.required_capabilities,
             job=self.job,
+            channel=self.channel,
+            risk=self.risk,
             local_only=self.local_only,
             max_output_tokens=self.max_output_tokens,
             reasons=self.reasons,
@@ -321,6 +326,8 @@ def _routed(
     role: str | None,
     tokens: TokenCount,
     base: _Base,
+    needs: frozenset[str],
+    snapshot: BudgetSnapshot,
 ) -> Decision:
     doc = policy.doc
     model = info.model
@@ -340,10 +347,28 @@ def _routed(
                 message=f"high-risk work needs the cloud judge {judge!r} ({judge_model.id}), "
                 "but local_only forbids cloud calls",
                 role=role,
-                model=info.id,
+                **_describe(info),
                 judge_required=judge,
                 remedies=["lower the risk or lift local_only"],
             )
+    fallback: list[str] = []
+    fallback_rejected: list[Rejection] = []
+    for mid in role_def.fallback.models if role_def else ():
+        step = fallback_refusal(
+            policy,
+            policy.models[mid],
+            job=base.job,
+            role=role,
+            local_only=base.local_only,
+            needs=needs,
+            input_tokens=tokens.input_tokens,
+            max_output=base.max_output_tokens,
+            snapshot=snapshot,
+        )
+        if step is None:
+            fallback.append(mid)
+        else:
+            fallback_rejected.append(step)
     return base.decide(
         outcome="route",
         code=Code.ROUTED,
@@ -358,11 +383,62 @@ def _routed(
         worst_case_cost_micro=info.worst_case_cost_micro(
             tokens.input_tokens, base.max_output_tokens
         ),
-        streaming=_streaming(policy, request.channel or doc.defaults.channel, info),
+        streaming=streaming_allowed(policy, base.channel, info),
         judge_required=judge,
-        fallback=list(role_def.fallback.models) if role_def else [],
-        fallback_mode=role_def.fallback.mode if role_def and role_def.fallback.models else None,
+        fallback=fallback,
+        fallback_mode=role_def.fallback.mode if fallback and role_def else None,
+        fallback_rejected=fallback_rejected,
     )
+
+
+def fallback_refusal(
+    policy: Policy,
+    info: ModelInfo,
+    *,
+    job: str | None,
+    role: str | None,
+    local_only: bool,
+    needs: frozenset[str],
+    input_tokens: int,
+    max_output: int,
+    snapshot: BudgetSnapshot,
+) -> Rejection | None:
+    """Why ``info`` may not serve as a fallback step under these constraints, or None.
+
+    Premium and escalation-only models are never fallbacks (``check`` refuses such chains;
+    this holds even for a policy built without it); every other rule is ``check_model``'s.
+    """
+    if info.model.escalation_only:
+        reason = "is escalation-only: reached only through an escalation ladder, never a fallback"
+        return Rejection(model=info.id, code=Code.FALLBACK_FORBIDDEN, reason=reason)
+    if info.model.premium:
+        reason = "is premium: premium models are explicit and allowlisted, never a fallback"
+        return Rejection(model=info.id, code=Code.FALLBACK_FORBIDDEN, reason=reason)
+    refusal = check_model(
+        info,
+        policy=policy,
+        job_name=job,
+        role=role,
+        local_only=local_only,
+        input_tokens=input_tokens,
+        max_output=max_output,
+        snapshot=snapshot,
+        needs=needs,
+    )
+    if refusal is None:
+        return None
+    return Rejection(model=info.id, code=refusal.code, reason=refusal.reason)
+
+
+def _describe(info: ModelInfo) -> dict[str, Any]:
+    """The model a decision names, described as it is (also when it is refused)."""
+    return {
+        "model": info.id,
+        "provider": info.model.provider,
+        "provider_model": info.model.name,
+        "locality": info.locality,
+        "premium": info.model.premium,
+    }
 
 
 def _role_for(policy: Policy, model_id: str) -> str | None:
@@ -370,9 +446,11 @@ def _role_for(policy: Policy, model_id: str) -> str | None:
     return roles[0] if roles else None
 
 
-def _streaming(policy: Policy, channel: str | None, info: ModelInfo) -> bool | None:
+def streaming_allowed(policy: Policy, channel: str | None, info: ModelInfo) -> bool:
+    """May partial output reach this channel from this model? An unknown channel (none
+    given and no default) fails closed: nothing is streamed."""
     if channel is None:
-        return None
+        return False
     ch = policy.doc.channels[channel]
     allowed = info.model.streaming.get(channel, info.model.streaming.get(ch.kind, False))
     return ch.streaming and allowed

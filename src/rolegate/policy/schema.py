@@ -21,6 +21,8 @@ Money = Annotated[Decimal, Field(ge=0), PlainSerializer(_decimal_text, return_ty
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$", max_length=128)]
 Locality = Literal["local", "cloud"]
+API_KEY_ENV_PATTERN = r"^[A-Z_][A-Z0-9_]{0,63}$"
+"""An environment variable name in upper snake case, at most 64 characters."""
 Signal = Literal[
     "confidence",
     "failed_loops",
@@ -72,10 +74,13 @@ class Provider(Strict):
         "name must be provided by an installed plugin."
     )
     base_url: str = Field(description="Root URL of the server's API.")
+    # The name's shape (and that it is not a pasted key) is checked in ``checks``,
+    # whose messages never repeat the value; the pattern here documents the schema.
     api_key_env: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Name of the environment variable holding the API key; never the key.",
+        description="Name of the environment variable holding the API key (upper snake "
+        "case, e.g. OPENAI_API_KEY); never the key itself.",
+        json_schema_extra={"pattern": API_KEY_ENV_PATTERN},
     )
     locality: Locality = Field(description="'local' runs on your hardware; 'cloud' leaves it.")
     timeout_s: float = Field(default=120.0, gt=0, le=3600)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
 
-from rolegate.errors import LedgerError
+from rolegate.errors import Code, LedgerError
 from rolegate.ledger.base import default_owner
 from rolegate.plugins.base import ChatResult
 from rolegate.policy.compiled import ModelInfo
@@ -40,8 +41,11 @@ class Call:
     input_exact: bool
     max_output: int
     reserved: bool = False
+    streamed: bool = False  # partial output reached the client
     # Ids and names for the call's audit record (role, job, task, stage, ...), never text.
     context: dict[str, object] = field(default_factory=dict)
+    # CODE: sentence for what went wrong after the call was paid for.
+    warnings: list[str] = field(default_factory=list)
 
 
 async def reserve(
@@ -56,6 +60,10 @@ async def reserve(
         # also marks them so, for people reading the ledger.
         service.last_sweep = time.monotonic()
         await anyio.to_thread.run_sync(lambda: ledger.sweep(now))
+    spool = service.spool
+    if spool is not None and spool.pending():
+        # Spend that could not be committed earlier counts before anything new is admitted.
+        await anyio.to_thread.run_sync(lambda: spool.drain(ledger))
     info = call.info
     lines = service.policy.budgets_touching(
         job=job, role=role, model=info.id, provider=info.model.provider
@@ -103,7 +111,13 @@ async def settle(
     }
     if result is None and partial is None and chunks == 0:
         record.update(input_tokens=call.input_tokens, output_tokens=0, cost_micro=0)
-        await anyio.to_thread.run_sync(lambda: ledger.release(call.request_id, now, audit=record))
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: ledger.release(call.request_id, now, audit=record)
+            )
+        except LedgerError:
+            # Nothing was spent; the reservation stops counting when its lease expires.
+            log.warning("ledger_release_failed", request_id=call.request_id)
         return
     if result is not None and result.output_tokens is not None:
         inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
@@ -123,15 +137,50 @@ async def settle(
             )
         except LedgerError:
             if attempt == COMMIT_ATTEMPTS:
-                # The money is spent: leave a record a person can reconcile from.
-                log.exception(
-                    "ledger_commit_failed",
-                    request_id=call.request_id,
-                    model=call.info.id,
-                    cost_micro=cost,
-                    tokens=inp + out,
+                spool_charge(
+                    service, call, cost_micro=cost, tokens=inp + out, now=now, audit=record
                 )
-                raise
+                return
             await anyio.sleep(0.05 * attempt)
         else:
             return
+
+
+def spool_charge(
+    service: Rolegate,
+    call: Call,
+    *,
+    cost_micro: int,
+    tokens: int,
+    now: datetime,
+    audit: dict[str, object],
+) -> None:
+    """The money is spent but the ledger cannot take it: keep it on disk, never lose it."""
+    spool = service.spool
+    log_fields: dict[str, object] = {
+        "request_id": call.request_id,
+        "model": call.info.id,
+        "cost_micro": cost_micro,
+        "tokens": tokens,
+    }
+    try:
+        if spool is not None:
+            spool.put(call.request_id, cost_micro=cost_micro, tokens=tokens, at=now, audit=audit)
+    except OSError as exc:
+        spool = None
+        log_fields["error_type"] = type(exc).__name__
+    if spool is None:
+        # Not even the disk takes it: leave a record a person can reconcile from.
+        log.error("spend_not_recorded", **log_fields)
+        call.warnings.append(
+            f"{Code.BUDGET_UNAVAILABLE}: this call's spend ({cost_micro} micro-USD, {tokens} "
+            f"tokens, request {call.request_id}) could not be written to the ledger or the "
+            "spool; the server log holds it for reconciliation"
+        )
+        return
+    log.warning("spend_spooled", **log_fields)
+    call.warnings.append(
+        f"{Code.LEDGER_SPOOLED}: the ledger could not be written after this call; its spend "
+        f"({cost_micro} micro-USD, {tokens} tokens) is kept on disk and is committed when "
+        "the ledger answers again"
+    )

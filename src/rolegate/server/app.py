@@ -3,30 +3,41 @@
 (No `from __future__ import annotations` here: the SDK evaluates tool annotations,
 and run_role's Resolve parameter refers to a local resolver.)
 
-Tool functions are thin: they turn flat, typed arguments into service calls.
-``_boundary`` is the single place where errors become MCP tool errors
-(``isError`` with ``CODE: sentence``); nothing else catches broadly.
+Tool functions are thin: they turn flat, typed arguments into service calls and raise
+on failure; ``boundary.GatedServer`` is the single place where errors become MCP tool
+errors (``isError`` with ``CODE: sentence``).
 """
 
+import inspect
 import json
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from inspect import Parameter
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp_types import CallToolResult, ToolAnnotations
+from pydantic import Field
 
 from rolegate import __version__
-from rolegate.errors import Code, RolegateError
+from rolegate.policy.limits import (
+    MAX_COUNT,
+    MAX_MESSAGES,
+    MAX_NAME_CHARS,
+    MAX_NEEDS,
+    MAX_PROMPT_CHARS,
+    MAX_REASON_CHARS,
+    MAX_TASK_CHARS,
+    MAX_TOKENS,
+    SIGNALS,
+    signal_names,
+)
+from rolegate.server.boundary import GatedServer, ok
 from rolegate.server.consent import ConsentForm, consent_from, make_resolver
-from rolegate.server.logs import get_logger
 from rolegate.server.models import BudgetReport, EscalateResult, RouteResult, RunResult
 from rolegate.server.service import Rolegate
 
-log = get_logger()
-
+KEYWORD_ONLY = Parameter.KEYWORD_ONLY
 INSTRUCTIONS = (
     "Rolegate enforces a model-routing policy. Call route_task to see which model a task would "
     "get (or why it is refused), run_role to run a prompt on the model bound to a role, "
@@ -34,166 +45,125 @@ INSTRUCTIONS = (
 )
 
 
-async def _boundary(
-    tool: str, call: Callable[[], Awaitable[BaseModel]], hash_: str
-) -> CallToolResult:
-    """Run ``call``; turn its result or error into a CallToolResult. Logs no text."""
-    started = time.perf_counter()
-    try:
-        result = await call()
-    except RolegateError as exc:
-        log.info(
-            "tool_call",
-            tool=tool,
-            outcome=str(exc.code),
-            policy_hash=hash_,
-            ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
-    except Exception as exc:  # noqa: BLE001 - the one error boundary: nothing crashes the server
-        # Not log.exception: a traceback message could carry caller text; the type is enough.
-        log.error(  # noqa: TRY400
-            "tool_call",
-            tool=tool,
-            outcome=str(Code.INTERNAL_ERROR),
-            error_type=type(exc).__name__,
-            policy_hash=hash_,
-        )
-        text = (
-            f"{Code.INTERNAL_ERROR}: rolegate failed unexpectedly ({type(exc).__name__}); "
-            "the server is still running and the policy is unchanged"
-        )
-        return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
-    data = result.model_dump(mode="json")
-    log.info(
-        "tool_call",
-        tool=tool,
-        outcome=data.get("code", "OK"),
-        policy_hash=hash_,
-        model=data.get("model") or data.get("to_model") or _check_model(data),
-        max_input_tokens=_tokens_field(data, "max_input_tokens"),
-        reserve_tokens=_tokens_field(data, "reserve_tokens"),
-        input_tokens=_tokens_field(data, "input_tokens"),
-        ms=round((time.perf_counter() - started) * 1000, 3),
-    )
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
-        structured_content=data,
-    )
-
-
 # Free text is typed plain `str` (empty = not given): the SDK JSON-decodes string arguments
 # of any other annotation, which would turn a prompt such as '{"a": 1}' or 'null' into data.
 TEXT_NOTE = "Free text. "
+NameArg = Annotated[str | None, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+TokensArg = Annotated[int | None, Field(ge=0, le=MAX_TOKENS)]
+_SIGNAL_TYPES: dict[str, Any] = {"fraction": float, "count": int, "tokens": int, "flag": bool}
+_SIGNAL_BOUNDS: dict[str, dict[str, Any]] = {
+    "fraction": {"ge": 0, "le": 1, "allow_inf_nan": False},
+    "count": {"ge": 0, "le": MAX_COUNT},
+    "tokens": {"ge": 0, "le": MAX_TOKENS},
+    "flag": {},
+}
 
 
-def _check_model(data: dict[str, Any]) -> Any:
-    check = data.get("check")
-    return check.get("model") if isinstance(check, dict) else None
+def _signal_parameters() -> list[inspect.Parameter]:
+    """One optional keyword parameter per escalation signal, from the one signal table."""
+    out = []
+    for name in signal_names():
+        spec = SIGNALS[name]
+        field = Field(description=spec.description, **_SIGNAL_BOUNDS[spec.kind])
+        kind: Any = _SIGNAL_TYPES[spec.kind]
+        annotation: Any = Annotated[kind | None, field]
+        out.append(inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation))
+    return out
 
 
-def _tokens_field(data: dict[str, Any], key: str) -> Any:
-    """``key`` from the first of the result's token-bearing parts that has it."""
-    for part in ("tokens", "check", "usage"):
-        section = data.get(part)
-        if isinstance(section, dict) and section.get(key) is not None:
-            return section[key]
-    return data.get(key)
+def _takes_signals(fn: Callable[..., Any], fixed: dict[str, tuple[Any, Any]]) -> None:
+    """Give ``fn(**kwargs)`` the parameters ``fixed`` (name -> (annotation, default)) plus
+    every signal, so the SDK derives the tool's schema and its resolver's from one table."""
+    params = [
+        inspect.Parameter(name, KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in fixed.items()
+    ] + _signal_parameters()
+    hints = inspect.get_annotations(fn)
+    fn.__signature__ = inspect.Signature(params, return_annotation=hints.get("return"))  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": hints.get("return")}
 
 
-def _signals(
-    confidence: float | None,
-    failed_loops: int | None,
-    context_estimate: int | None,
-    contradictions: bool | None,
-    tool_heavy: bool | None,
-    full_sweep: bool | None,
-    high_risk: bool | None,
-    user_request: bool | None,
-) -> dict[str, float | bool]:
-    given = {
-        "confidence": confidence,
-        "failed_loops": failed_loops,
-        "context_estimate": context_estimate,
-        "contradictions": contradictions,
-        "tool_heavy": tool_heavy,
-        "full_sweep": full_sweep,
-        "high_risk": high_risk,
-        "user_request": user_request,
-    }
-    return {k: v for k, v in given.items() if v is not None}
+def _given(kwargs: dict[str, Any]) -> dict[str, float | bool]:
+    return {k: v for k, v in kwargs.items() if k in SIGNALS and v is not None}
 
 
 def build_server(service: Rolegate) -> MCPServer:
     """An MCPServer exposing ``service``. Configure logging before calling this."""
-    server = MCPServer(
+    server = GatedServer(
         name="rolegate", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
-
-    def hash_() -> str:
-        return service.policy.hash
-
+    server.policy_hash = lambda: service.policy.hash
     resolve_consent = make_resolver(service)
 
     async def route_task(
-        task: Annotated[str, Field(description="What the work is, in words; used to classify it.")],
-        job: Annotated[str | None, Field(description="Job name from the policy.")] = None,
-        role: Annotated[str | None, Field(description="Pin the role; default: by intent.")] = None,
-        channel: Annotated[str | None, Field(description="Output channel (cli, email...).")] = None,
+        task: Annotated[
+            str,
+            Field(
+                max_length=MAX_TASK_CHARS,
+                description="What the work is, in words; used to classify it.",
+            ),
+        ],
+        job: Annotated[NameArg, Field(description="Job name from the policy.")] = None,
+        role: Annotated[NameArg, Field(description="Pin the role; default: by intent.")] = None,
+        channel: Annotated[NameArg, Field(description="Output channel (cli, email...).")] = None,
         context_tokens: Annotated[
-            int | None, Field(description="Tokens of attached material beyond the task text.")
+            TokensArg, Field(description="Tokens of attached material beyond the task text.")
         ] = None,
         needs: Annotated[
-            list[str] | None, Field(description="Capabilities the model must have.")
+            list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None,
+            Field(max_length=MAX_NEEDS, description="Capabilities the model must have."),
         ] = None,
         local_only: Annotated[bool, Field(description="Forbid cloud models.")] = False,
         risk: Annotated[
             Literal["low", "normal", "high"] | None,
             Field(description="'high' requires the policy's cloud judge."),
         ] = None,
+        max_output_tokens: Annotated[
+            int | None, Field(ge=1, le=MAX_TOKENS, description="Output cap.")
+        ] = None,
     ) -> Annotated[CallToolResult, RouteResult]:
-        async def call() -> BaseModel:
-            request = service.route_request(
-                task,
-                job=job,
-                role=role,
-                channel=channel,
-                context_tokens=context_tokens,
-                needs=needs,
-                local_only=local_only,
-                risk=risk,
-            )
-            return await service.route_task(request)
-
-        return await _boundary("route_task", call, hash_())
+        request = service.route_request(
+            task,
+            job=job,
+            role=role,
+            channel=channel,
+            context_tokens=context_tokens,
+            needs=needs,
+            local_only=local_only,
+            risk=risk,
+            max_output_tokens=max_output_tokens,
+        )
+        return ok(await service.route_task(request))
 
     async def run_role(
-        role: Annotated[str, Field(description="Role name from the policy.")],
+        role: Annotated[str, Field(max_length=MAX_NAME_CHARS, description="Role name.")],
         ctx: Context,
         consent: Annotated[ElicitationResult[ConsentForm], Resolve(resolve_consent)],
-        prompt: Annotated[
-            str, Field(description=TEXT_NOTE + "The user prompt (or messages).")
-        ] = "",
+        # Prompt sizes are checked by run_role itself: too long is OVER_BUDGET, not a typo.
+        prompt: Annotated[str, Field(description=TEXT_NOTE + "The user prompt.")] = "",
         messages: Annotated[
             list[dict[str, str]] | None,
-            Field(description="Chat messages [{role: system|user|assistant, content}]."),
+            Field(
+                max_length=MAX_MESSAGES,
+                description="Chat messages [{role: system|user|assistant, content}].",
+            ),
         ] = None,
         system: Annotated[str, Field(description=TEXT_NOTE + "System prompt.")] = "",
-        job: Annotated[
-            str | None, Field(description="Job name (premium allowlist, budgets).")
-        ] = None,
-        task_id: Annotated[str | None, Field(description="Work item id for the pipeline.")] = None,
-        stage: Annotated[str | None, Field(description="Pipeline stage this output owns.")] = None,
+        job: Annotated[NameArg, Field(description="Job name (premium allowlist, budgets).")] = None,
+        task_id: Annotated[NameArg, Field(description="Work item id for the pipeline.")] = None,
+        stage: Annotated[NameArg, Field(description="Pipeline stage this output owns.")] = None,
         decision_id: Annotated[
-            str | None, Field(description="A route_task decision to run exactly.")
+            NameArg,
+            Field(description="A route_task decision to run; its constraints bind the run."),
         ] = None,
-        max_output_tokens: Annotated[int | None, Field(description="Output cap.", ge=1)] = None,
-        channel: Annotated[
-            str | None, Field(description="Output channel (streaming rules).")
+        max_output_tokens: Annotated[
+            int | None, Field(ge=1, le=MAX_TOKENS, description="Output cap.")
         ] = None,
+        channel: Annotated[NameArg, Field(description="Output channel (streaming rules).")] = None,
+        local_only: Annotated[bool, Field(description="Forbid cloud models.")] = False,
     ) -> Annotated[CallToolResult, RunResult]:
-        async def call() -> BaseModel:
-            return await service.run_role(
+        return ok(
+            await service.run_role(
                 consent=consent_from(consent),
                 role=role,
                 prompt=prompt or None,
@@ -205,103 +175,92 @@ def build_server(service: Rolegate) -> MCPServer:
                 decision_id=decision_id,
                 max_output_tokens=max_output_tokens,
                 channel=channel,
+                local_only=local_only,
                 ctx=ctx,
             )
-
-        return await _boundary("run_role", call, hash_())
+        )
 
     async def check_budget(
-        job: Annotated[str | None, Field(description="Job name.")] = None,
-        role: Annotated[str | None, Field(description="Role name.")] = None,
-        model: Annotated[str | None, Field(description="Model id.")] = None,
-        text: Annotated[str, Field(description=TEXT_NOTE + "Input text to count.")] = "",
-        input_tokens: Annotated[int | None, Field(description="Input tokens, if known.")] = None,
-        output_tokens: Annotated[int | None, Field(description="Max output tokens.")] = None,
+        job: Annotated[NameArg, Field(description="Job name.")] = None,
+        role: Annotated[NameArg, Field(description="Role name.")] = None,
+        model: Annotated[NameArg, Field(description="Model id.")] = None,
+        text: Annotated[
+            str, Field(max_length=MAX_PROMPT_CHARS, description=TEXT_NOTE + "Input to count.")
+        ] = "",
+        input_tokens: Annotated[TokensArg, Field(description="Input tokens, if known.")] = None,
+        output_tokens: Annotated[TokensArg, Field(description="Max output tokens.")] = None,
     ) -> Annotated[CallToolResult, BudgetReport]:
-        async def call() -> BaseModel:
-            return service.check_budget(
-                job=job,
-                role=role,
-                model=model,
-                text=text or None,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-            )
-
-        return await _boundary("check_budget", call, hash_())
-
-    async def escalation_consent(
-        ctx: Context,
-        role: str,
-        task_id: str | None = None,
-        job: str | None = None,
-        confidence: float | None = None,
-        failed_loops: int | None = None,
-        context_estimate: int | None = None,
-        contradictions: bool | None = None,
-        tool_heavy: bool | None = None,
-        full_sweep: bool | None = None,
-        high_risk: bool | None = None,
-        user_request: bool | None = None,
-    ) -> Elicit[ConsentForm] | None:
-        """Ask before an escalation whose role demands consent, if one would happen."""
-        signals = _signals(
-            confidence,
-            failed_loops,
-            context_estimate,
-            contradictions,
-            tool_heavy,
-            full_sweep,
-            high_risk,
-            user_request,
+        report = await service.check_budget(
+            job=job,
+            role=role,
+            model=model,
+            text=text or None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
         )
-        preview = service.preview_escalation(role, signals, job=job, task_id=task_id)
+        return ok(report)
+
+    async def escalation_consent(**kwargs: Any) -> Elicit[ConsentForm] | None:
+        """Ask before an escalation whose role demands consent, if one would happen."""
+        ctx: Context = kwargs["ctx"]
+        preview = await service.preview_escalation(
+            kwargs["role"], _given(kwargs), job=kwargs["job"], task_id=kwargs["task_id"]
+        )
         caps = ctx.client_capabilities
         if preview is None or caps is None or caps.elicitation is None:
             return None
         return Elicit(
-            f"The policy asks before escalating role {role}: switch from {preview[0]} to "
-            f"{preview[1]}?",
+            f"The policy asks before escalating role {kwargs['role']}: switch from "
+            f"{preview[0]} to {preview[1]}?",
             ConsentForm,
         )
 
-    async def escalate(
-        role: Annotated[str, Field(description="The role whose work may need escalating.")],
-        consent: Annotated[ElicitationResult[ConsentForm], Resolve(escalation_consent)],
-        task_id: Annotated[str | None, Field(description="Work item id.")] = None,
-        job: Annotated[str | None, Field(description="Job name.")] = None,
-        confidence: Annotated[float | None, Field(description="Self-reported confidence.")] = None,
-        failed_loops: Annotated[int | None, Field(description="Failed compile/test loops.")] = None,
-        context_estimate: Annotated[int | None, Field(description="Context tokens needed.")] = None,
-        contradictions: Annotated[bool | None, Field(description="Contradictions found.")] = None,
-        tool_heavy: Annotated[bool | None, Field(description="Tool-heavy work.")] = None,
-        full_sweep: Annotated[bool | None, Field(description="A full sweep is needed.")] = None,
-        high_risk: Annotated[bool | None, Field(description="High-risk change.")] = None,
-        user_request: Annotated[bool | None, Field(description="The user asked.")] = None,
-        reason: Annotated[str, Field(description="Free-text reason (never logged).")] = "",
-    ) -> Annotated[CallToolResult, EscalateResult]:
-        signals = _signals(
-            confidence,
-            failed_loops,
-            context_estimate,
-            contradictions,
-            tool_heavy,
-            full_sweep,
-            high_risk,
-            user_request,
+    _takes_signals(
+        escalation_consent,
+        {
+            "ctx": (Context, Parameter.empty),
+            "role": (str, Parameter.empty),
+            "task_id": (str | None, None),
+            "job": (str | None, None),
+        },
+    )
+
+    async def escalate(**kwargs: Any) -> Annotated[CallToolResult, EscalateResult]:
+        result = await service.escalate(
+            kwargs["role"],
+            _given(kwargs),
+            job=kwargs["job"],
+            task_id=kwargs["task_id"],
+            reason=kwargs["reason"] or None,
+            consent=consent_from(kwargs["consent"]),
         )
+        return ok(result)
 
-        async def call() -> BaseModel:
-            return await service.escalate(
-                role,
-                signals,
-                job=job,
-                task_id=task_id,
-                reason=reason or None,
-                consent=consent_from(consent),
-            )
-
-        return await _boundary("escalate", call, hash_())
+    _takes_signals(
+        escalate,
+        {
+            "role": (
+                Annotated[str, Field(max_length=MAX_NAME_CHARS, description="The role.")],
+                Parameter.empty,
+            ),
+            "consent": (
+                Annotated[ElicitationResult[ConsentForm], Resolve(escalation_consent)],
+                Parameter.empty,
+            ),
+            "task_id": (Annotated[NameArg, Field(description="Work item id.")], None),
+            "job": (Annotated[NameArg, Field(description="Job name.")], None),
+            "reason": (
+                Annotated[
+                    str,
+                    Field(
+                        max_length=MAX_REASON_CHARS,
+                        description="Free-text reason (never logged or stored).",
+                    ),
+                ],
+                "",
+            ),
+        },
+    )
 
     read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
     server.add_tool(
@@ -332,6 +291,7 @@ def build_server(service: Rolegate) -> MCPServer:
     )
     server.add_tool(
         escalate,
+        name="escalate",
         description="Evaluate the policy's escalation predicates for a role and pick the next "
         "allowed model on its ladder, with a provenance record.",
         annotations=ToolAnnotations(
@@ -380,8 +340,8 @@ def build_server(service: Rolegate) -> MCPServer:
         description="A task's stages, owners, critiques and escalations.",
         mime_type="application/json",
     )
-    def task_resource(task_id: str) -> str:
-        task = service.task_view(task_id)
+    async def task_resource(task_id: str) -> str:
+        task = await service.task_view(task_id)
         if task is None:
             raise ResourceNotFoundError(f"no task {task_id!r}")
         return json.dumps(task, separators=(",", ":"))

@@ -100,7 +100,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
     policy = _load(args.policy)
     ledger = open_policy_ledger(policy, args.ledger)
     try:
-        report = Rolegate(policy, ledger=ledger).check_budget(
+        report = Rolegate(policy, ledger=ledger).budget_report(
             job=args.job,
             role=args.role,
             model=args.model,
@@ -199,6 +199,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token-env", help="env var holding the bearer token required over HTTP")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also accept this Host header (and its http/https Origin), e.g. a reverse "
+        "proxy's name; NAME or NAME:PORT (repeatable)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="close an HTTP connection that has not sent a complete request head in time "
+        "(default: 10)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="close an idle HTTP keep-alive connection after this long (default: 5)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open HTTP connections at most; more are closed at once (default: 256)",
+    )
     p.add_argument("--ledger", help="ledger URL (sqlite:///path or postgresql://...)")
     p.add_argument("--block", action="append", default=[], help="block a plugin by name")
     p.add_argument("--log-level", default="INFO")

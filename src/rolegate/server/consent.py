@@ -48,9 +48,13 @@ async def elicit_consent(ctx: Context, message: str, form: type[ConsentForm]) ->
 
 def make_resolver(service: Any) -> Any:
     async def resolve_consent(
-        ctx: Context, role: str, job: str | None = None
+        ctx: Context,
+        role: str,
+        job: str | None = None,
+        local_only: bool = False,
+        decision_id: str | None = None,
     ) -> Elicit[ConsentForm] | None:
-        needed = await service.consent_needed(role, job)
+        needed = await service.consent_needed(role, job, local_only, decision_id)
         if needed is None:
             return None
         caps = ctx.client_capabilities
@@ -58,7 +62,10 @@ def make_resolver(service: Any) -> Any:
             return None  # cannot ask: run_role refuses with NEEDS_CONSENT if the model fails
         from rolegate.server.service import consent_message
 
-        primary, alternate = needed
-        return Elicit(consent_message(primary, alternate, "PROVIDER_UNAVAILABLE"), ConsentForm)
+        primary, alternates = needed
+        return Elicit(
+            consent_message(primary, " then ".join(alternates), "PROVIDER_UNAVAILABLE"),
+            ConsentForm,
+        )
 
     return resolve_consent

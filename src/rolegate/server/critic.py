@@ -11,14 +11,19 @@ task; it never replaces or rewrites the owner output.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rolegate.errors import Code, RefusedError
 from rolegate.policy import Policy
 from rolegate.server.models import Critique, RunResult
-from rolegate.server.tasks import TaskStore
+
+if TYPE_CHECKING:
+    from rolegate.server.service import Rolegate
 
 
-def check_critic_allowed(policy: Policy, tasks: TaskStore, role: str, task_id: str | None) -> None:
+async def check_critic_allowed(service: Rolegate, role: str, task_id: str | None) -> None:
     """Refuse a sidecar run that the pipeline's critic mode does not allow."""
+    policy = service.policy
     if policy.doc.roles[role].authority != "sidecar":
         return
     mode = policy.doc.pipeline.critic
@@ -27,7 +32,7 @@ def check_critic_allowed(policy: Policy, tasks: TaskStore, role: str, task_id: s
             f"{role!r} is a critic and this policy's pipeline.critic is 'never': no critic runs",
             code=Code.CRITIC_NOT_ALLOWED,
         )
-    if mode == "on_escalation" and not (task_id and tasks.was_escalated(task_id)):
+    if mode == "on_escalation" and not (task_id and await service.was_escalated(task_id)):
         raise RefusedError(
             f"{role!r} is a critic and this policy runs critics only as a second opinion after "
             "an escalation (pipeline.critic: on_escalation); escalate the task first, with "
@@ -37,18 +42,16 @@ def check_critic_allowed(policy: Policy, tasks: TaskStore, role: str, task_id: s
 
 
 def automatic_critic(
-    policy: Policy, tasks: TaskStore, role: str, task_id: str | None, stage: str | None
+    policy: Policy, role: str, stage: str | None, *, escalated: bool
 ) -> str | None:
     """The critic role the server must run on this owner output, if any."""
-    if not task_id or not stage:
+    if not stage:
         return None
     declared = policy.stages.get(stage)
     if declared is None or declared.critic is None or declared.owner != role:
         return None
     mode = policy.doc.pipeline.critic
-    if mode == "always":
-        return declared.critic
-    if mode == "on_escalation" and tasks.current_model(task_id, role) is not None:
+    if mode == "always" or (mode == "on_escalation" and escalated):
         return declared.critic
     return None
 

@@ -24,11 +24,21 @@ class Usage(OutputModel):
     )
 
 
+class FallbackStep(OutputModel):
+    model: str
+    code: str = Field(description="OK, the failure code, or the rule that refused the step.")
+    outcome: Literal["ok", "failed", "refused"]
+    consent: str | None = None
+
+
 class FallbackInfo(OutputModel):
     from_model: str
     to_model: str
     reason: str = Field(description="The failure code that triggered the declared fallback.")
     consent: str = Field(description="'auto' (declared) or 'user' (asked through elicitation).")
+    path: list[FallbackStep] = Field(
+        default_factory=list, description="Every step of the declared chain that was walked."
+    )
 
 
 class ContractReport(OutputModel):
@@ -70,7 +80,10 @@ class RunResult(OutputModel):
     cost_micro: int = Field(description="Cost in micro-USD.")
     latency_ms: float
     ttft_ms: float | None = Field(default=None, description="Time to first token.")
-    streamed: bool
+    streamed: bool = Field(
+        description="Partial output was sent to the client as it was generated (only where "
+        "the channel and the model allow it)."
+    )
     fallback: FallbackInfo | None = None
     escalation: EscalationDecision | None = Field(
         default=None, description="The escalation the output's own signals trigger, if any."
@@ -90,6 +103,14 @@ class RunResult(OutputModel):
     )
     critique_error: str | None = Field(
         default=None, description="Why the automatic critique failed (CODE: sentence)."
+    )
+    judge_required: str | None = Field(
+        default=None, description="High-risk work: this judge role must approve the output."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Things that went wrong after the call was paid for (CODE: sentence); "
+        "the output is returned regardless.",
     )
 
 

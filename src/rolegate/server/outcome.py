@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rolegate.errors import LedgerError
 from rolegate.plugins.base import ChatResult
 from rolegate.policy import Policy
-from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.contracts import check_output
 from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
+from rolegate.server.accounting import Call
+from rolegate.server.constraints import Constraints
 from rolegate.server.logs import get_logger
 from rolegate.server.models import ContractReport, FallbackInfo, RunResult, Usage
 
@@ -60,41 +62,46 @@ def usage_of(call_input: int, exact: bool, max_output: int, result: ChatResult) 
     )
 
 
-def finish_run(
+async def finish_run(
     service: Rolegate,
     *,
-    role: str,
-    job: str | None,
-    info: ModelInfo,
-    request_id: str,
-    input_tokens: int,
-    input_exact: bool,
-    max_output: int,
+    limits: Constraints,
+    call: Call,
     result: ChatResult,
     latency_s: float,
     fallback: FallbackInfo | None,
-    decision_id: str | None,
     task_id: str | None,
     stage: str | None,
+    claim: str | None,
     attempts: int = 1,
 ) -> RunResult:
+    """The result of a paid call. Nothing after the call may drop its output: a contract the
+    output breaks is reported, a ledger that fails is a warning, never an error."""
     policy = service.policy
-    usage = usage_of(input_tokens, input_exact, max_output, result)
+    role, info = limits.role, call.info
+    usage = usage_of(call.input_tokens, call.input_exact, call.max_output, result)
     cost = info.worst_case_cost_micro(usage.input_tokens, usage.output_tokens)
     report, structured, confidence = contract_report(policy, role, result.text)
-    step = service.tasks.escalation_step(task_id, role) if task_id else 0
-    escalation = output_escalation(policy, role, job, confidence, step)
+    warnings = list(call.warnings)
+    step = 0
+    escalation = None
     authority = policy.doc.roles[role].authority
-    if task_id:
-        service.tasks.record_run(
-            task_id,
-            stage,
-            role,
-            authority,
-            info.id,
-            request_id,
-            contract_valid=None if report is None else report.valid,
-        )
+    try:
+        if task_id:
+            step = await service.escalation_step(task_id, role)
+            await service.record_run(
+                task_id,
+                stage,
+                role,
+                authority,
+                info.id,
+                call.request_id,
+                claim=claim,
+                contract_valid=None if report is None else report.valid,
+            )
+    except LedgerError as exc:
+        warnings.append(f"{exc.code}: the task record could not be written: {exc.message}")
+    escalation = output_escalation(policy, role, limits.job, confidence, step)
     log.info(
         "run_role",
         role=role,
@@ -108,7 +115,9 @@ def finish_run(
         ms=round(latency_s * 1000, 3),
         contract_valid=None if report is None else report.valid,
         escalation=None if escalation is None else escalation.code,
+        warnings=len(warnings),
     )
+    judge = policy.doc.risk.judge_role if limits.risk == "high" else None
     return RunResult(
         output=result.text,
         structured=structured,
@@ -124,14 +133,16 @@ def finish_run(
         cost_micro=cost,
         latency_ms=round(latency_s * 1000, 3),
         ttft_ms=None if result.ttft_s is None else round(result.ttft_s * 1000, 3),
-        streamed=result.streamed,
+        streamed=call.streamed,
         fallback=fallback,
         escalation=escalation,
-        request_id=request_id,
-        decision_id=decision_id,
+        request_id=call.request_id,
+        decision_id=limits.decision_id,
         task_id=task_id,
         stage=stage,
         attempts=attempts,
         authoritative=authority != "sidecar",
         policy=service.policy_ref,
+        judge_required=judge,
+        warnings=warnings,
     )

@@ -1,9 +1,11 @@
 """run_role: one role's call under every rule, from request to result.
 
-Order: validate -> pick the model (escalated owner, else the role's) -> admission through the
-Runner (locality, allowlist, context + reserve, budgets, lanes) -> provider call -> declared
-fallback (an "ask" chain needs the user's consent, through MCP elicitation) -> validation-stage
-retries -> result with contract and escalation.
+Steps: resolve the run's constraints (the role, and a route_task decision's local_only, job,
+channel, risk and needs, which bind the run that uses it) -> pick the model (escalated owner,
+else the decision's or the role's) -> claim the pipeline stage -> admission through the
+Runner (locality, allowlist, context + reserve, budgets, lanes) -> provider call -> the
+declared fallback chain, walked step by step with every rule re-checked, every step audited
+and consent asked per step where the chain says so -> validation-stage retries -> result.
 """
 
 from __future__ import annotations
@@ -12,34 +14,36 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from rolegate.errors import Code, ProviderError, RefusedError, RequestError, RolegateError
+from rolegate.errors import Code, RefusedError, RequestError, RolegateError
 from rolegate.plugins.base import ChatResult, Message
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.contracts import check_output
+from rolegate.policy.limits import MAX_PROMPT_CHARS, check_count, check_name
 from rolegate.server.accounting import Call as _Call
+from rolegate.server.constraints import Constraints
 from rolegate.server.critic import (
     automatic_critic,
     check_critic_allowed,
     critic_prompt,
     critique_of,
 )
+from rolegate.server.fallback import call_with_fallback
 from rolegate.server.logs import get_logger
-from rolegate.server.models import FallbackInfo, RunResult
 from rolegate.server.outcome import finish_run
 from rolegate.server.runner import Runner
 
 if TYPE_CHECKING:
+    from rolegate.server.models import RunResult
     from rolegate.server.service import Rolegate
 
 log = get_logger()
 Role = Literal["system", "user", "assistant"]
-MAX_PROMPT_CHARS = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Consent:
-    """The user's answer about switching to a fallback model."""
+    """The user's answer about switching to a fallback model (asked up front)."""
 
     granted: bool
     asked: bool
@@ -77,6 +81,82 @@ def _messages(
     return out
 
 
+async def resolve_constraints(
+    service: Rolegate,
+    *,
+    role: str,
+    job: str | None,
+    channel: str | None,
+    decision_id: str | None,
+    local_only: bool,
+    max_output_tokens: int | None,
+) -> Constraints:
+    """What binds every call of this run: the caller's arguments and, with a decision_id,
+    every constraint the decision was made under (they can be added to, never dropped)."""
+    doc = service.policy.doc
+    for value, what in ((role, "role"), (job, "job"), (channel, "channel")):
+        check_name(value, what)
+    check_count(max_output_tokens, "max_output_tokens", low=1)
+    if role not in doc.roles:
+        raise RequestError(
+            f"unknown role {role!r}; the policy defines {sorted(doc.roles)}", code=Code.UNKNOWN_ROLE
+        )
+    needs: frozenset[str] = frozenset()
+    risk: str | None = None
+    model: str | None = None
+    if decision_id is not None:
+        check_name(decision_id, "decision_id")
+        decision = await service.decision(decision_id)
+        if decision.outcome != "route" or decision.role != role:
+            raise RequestError(
+                f"decision {decision_id} routed role {decision.role!r} with outcome "
+                f"{decision.outcome!r}; it cannot run role {role!r}",
+                code=Code.INVALID_ARGUMENT,
+            )
+        job = _bound("job", job, decision.job, decision_id)
+        channel = _bound("channel", channel, decision.channel, decision_id)
+        cap = decision.max_output_tokens
+        if max_output_tokens is not None and cap is not None and max_output_tokens > cap:
+            raise RequestError(
+                f"decision {decision_id} was made for at most {cap:,} output tokens; route "
+                "again to run a larger call",
+                code=Code.INVALID_ARGUMENT,
+            )
+        max_output_tokens = max_output_tokens or decision.max_output_tokens
+        local_only = local_only or decision.local_only
+        needs, risk = frozenset(decision.required_capabilities), decision.risk
+        model = decision.model
+    if job is not None and job not in doc.jobs:
+        raise RequestError(f"unknown job {job!r}", code=Code.UNKNOWN_JOB)
+    if job is not None and doc.jobs[job].script_only:
+        raise RefusedError(
+            f"job {job!r} is script-only: it runs without any model", code=Code.SCRIPT_ONLY
+        )
+    if channel is not None and channel not in doc.channels:
+        raise RequestError(f"unknown channel {channel!r}", code=Code.UNKNOWN_CHANNEL)
+    return Constraints(
+        role=role,
+        job=job,
+        local_only=local_only or service.policy.is_local_only(job),
+        channel=channel or doc.defaults.channel,
+        risk=risk,
+        needs=needs,
+        max_output=max_output_tokens or doc.defaults.max_output_tokens,
+        decision_id=decision_id,
+        decision_model=model,
+    )
+
+
+def _bound(what: str, given: str | None, decided: str | None, decision_id: str) -> str | None:
+    if given is not None and given != decided:
+        raise RequestError(
+            f"decision {decision_id} was made for {what} {decided!r}, not {given!r}; run it "
+            f"with the same {what}, or route again",
+            code=Code.INVALID_ARGUMENT,
+        )
+    return decided
+
+
 async def run_role(
     runner: Runner,
     service: Rolegate,
@@ -91,143 +171,53 @@ async def run_role(
     decision_id: str | None = None,
     max_output_tokens: int | None = None,
     channel: str | None = None,
+    local_only: bool = False,
     ctx: Any = None,
     consent: Consent | None = None,
 ) -> RunResult:
     policy = runner.policy
-    doc = policy.doc
-    role_def = doc.roles.get(role)
-    if role_def is None:
-        raise RequestError(
-            f"unknown role {role!r}; the policy defines {sorted(doc.roles)}", code=Code.UNKNOWN_ROLE
-        )
-    if job is not None and job not in doc.jobs:
-        raise RequestError(f"unknown job {job!r}", code=Code.UNKNOWN_JOB)
-    if job is not None and doc.jobs[job].script_only:
-        raise RefusedError(
-            f"job {job!r} is script-only: it runs without any model", code=Code.SCRIPT_ONLY
-        )
-    if channel is not None and channel not in doc.channels:
-        raise RequestError(f"unknown channel {channel!r}", code=Code.UNKNOWN_CHANNEL)
-    if decision_id is not None:
-        decision = service.decision(decision_id)
-        if decision.outcome != "route" or decision.role != role:
-            raise RequestError(
-                f"decision {decision_id} routed role {decision.role!r} with outcome "
-                f"{decision.outcome!r}; it cannot run role {role!r}",
-                code=Code.INVALID_ARGUMENT,
-            )
+    limits = await resolve_constraints(
+        service,
+        role=role,
+        job=job,
+        channel=channel,
+        decision_id=decision_id,
+        local_only=local_only,
+        max_output_tokens=max_output_tokens,
+    )
+    check_name(task_id, "task_id")
+    check_name(stage, "stage")
     if stage is not None and task_id is None:
         raise RequestError(
             "a stage belongs to a task: pass task_id too", code=Code.INVALID_ARGUMENT
         )
+    role_def = policy.doc.roles[role]
     chat = _messages(prompt, messages, system or service.default_system_prompt(role))
-    model_id = service.tasks.current_model(task_id, role) if task_id else None
-    info = policy.models[model_id or role_def.model]
-    check_critic_allowed(policy, service.tasks, role, task_id)
-    if task_id and stage:
-        service.check_owner(task_id, stage, role, info.id)
-    max_output = max_output_tokens or doc.defaults.max_output_tokens
-    contract = doc.contracts.get(role_def.output_contract) if role_def.output_contract else None
-    schema = contract.json_schema() if contract is not None and contract.enforce else None
-    ch = channel or doc.defaults.channel
-    streaming = ch is None or (
-        doc.channels[ch].streaming
-        and info.model.streaming.get(ch, info.model.streaming.get(doc.channels[ch].kind, False))
-    )
+    escalated = await service.current_model(task_id, role) if task_id else None
+    info = policy.models[escalated or limits.decision_model or role_def.model]
+    await check_critic_allowed(service, role, task_id)
     started = time.perf_counter()
-    fallback: FallbackInfo | None = None
-    context: dict[str, object] = {
-        "role": role,
-        "job": job,
-        "decision_id": decision_id,
-        "task_id": task_id,
-        "stage": stage,
-    }
-
-    async def attempt(call: _Call) -> ChatResult:
-        return await runner.invoke(
-            service,
-            call,
-            chat,
-            stream_to=ctx if streaming else None,
-            schema=schema,
-            temperature=role_def.temperature,
-        )
-
-    call = await runner.admit(service, info, chat, role=role, job=job, max_output=max_output)
-    call.context.update(context, attempt=1)
+    claim = await service.claim_stage(task_id, stage, role, info.id)
     try:
-        result = await attempt(call)
-    except ProviderError as exc:
-        step = await _fallback(runner, service, role, exc, info, ctx, consent)
-        if step is None:
-            raise
-        next_info, how = step
-        fallback = FallbackInfo(
-            from_model=info.id, to_model=next_info.id, reason=str(exc.code), consent=how
+        call, result, fallback, attempts = await _calls(
+            runner, service, limits, info, chat, ctx, consent, task_id, stage
         )
-        log.warning(
-            "fallback",
-            role=role,
-            from_model=info.id,
-            to_model=next_info.id,
-            reason=str(exc.code),
-            consent=how,
-            policy_hash=policy.hash,
-        )
-        fallback_record = {
-            **context,
-            "kind": "fallback",
-            "model": info.id,
-            "to_model": next_info.id,
-            "code": str(exc.code),
-            "consent": how,
-            "policy_hash": policy.hash,
-        }
-        await service.audit(fallback_record)
-        call = await runner.admit(
-            service, next_info, chat, role=role, job=job, max_output=max_output
-        )
-        call.context.update(context, attempt=1, fallback_from=info.id)
-        result = await attempt(call)
-    # Validation stage (seed 002): re-run on a contract violation, a bounded number of times.
-    attempts = 1
-    retries = _validation_retries(policy, role, stage)
-    while retries and not _contract_ok(policy, role, result.text):
-        log.info(
-            "validation_retry",
-            role=role,
-            model=call.info.id,
-            attempt=attempts + 1,
-            policy_hash=policy.hash,
-        )
-        fallback_from = call.context.get("fallback_from")
-        call = await runner.admit(
-            service, call.info, chat, role=role, job=job, max_output=max_output
-        )
-        call.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
-        result = await attempt(call)
-        attempts += 1
-        retries -= 1
-    outcome = finish_run(
+    except BaseException:
+        await service.release_stage(task_id, stage, claim)
+        raise
+    outcome = await finish_run(
         service,
-        role=role,
-        job=job,
-        info=call.info,
-        request_id=call.request_id,
-        input_tokens=call.input_tokens,
-        input_exact=call.input_exact,
-        max_output=max_output,
+        limits=limits,
+        call=call,
         result=result,
         latency_s=time.perf_counter() - started,
         fallback=fallback,
-        decision_id=decision_id,
         task_id=task_id,
         stage=stage,
+        claim=claim,
         attempts=attempts,
     )
-    critic = automatic_critic(policy, service.tasks, role, task_id, stage)
+    critic = automatic_critic(policy, role, stage, escalated=escalated is not None)
     if critic is not None and task_id is not None and stage is not None:
         # The owner output is passed to the critic in memory only; it is never stored.
         try:
@@ -236,17 +226,60 @@ async def run_role(
                 service,
                 role=critic,
                 prompt=critic_prompt(stage, outcome.output),
-                job=job,
+                job=limits.job,
                 task_id=task_id,
                 stage=stage,
-                max_output_tokens=max_output,
-                channel=channel,
+                max_output_tokens=limits.max_output,
+                channel=limits.channel,
+                local_only=limits.local_only,
             )
         except RolegateError as exc:
             outcome.critique_error = f"{exc.code}: {exc.message}"
         else:
             outcome.critique = critique_of(review)
     return outcome
+
+
+async def _calls(
+    runner: Runner,
+    service: Rolegate,
+    limits: Constraints,
+    info: ModelInfo,
+    chat: list[Message],
+    ctx: Any,
+    consent: Consent | None,
+    task_id: str | None,
+    stage: str | None,
+) -> tuple[_Call, ChatResult, Any, int]:
+    """The call (with its declared fallbacks), then validation-stage retries (seed 002)."""
+    policy = runner.policy
+    context: dict[str, object] = {
+        "role": limits.role,
+        "job": limits.job,
+        "decision_id": limits.decision_id,
+        "task_id": task_id,
+        "stage": stage,
+    }
+    call, result, fallback = await call_with_fallback(
+        runner, service, limits, info, chat, context=context, ctx=ctx, consent=consent
+    )
+    attempts = 1
+    retries = _validation_retries(policy, limits.role, stage)
+    while retries and not _contract_ok(policy, limits.role, result.text):
+        log.info(
+            "validation_retry",
+            role=limits.role,
+            model=call.info.id,
+            attempt=attempts + 1,
+            policy_hash=policy.hash,
+        )
+        fallback_from = call.context.get("fallback_from")
+        call = await runner.admit(service, call.info, chat, limits)
+        call.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
+        result = await runner.invoke(service, call, chat, limits, ctx=ctx)
+        attempts += 1
+        retries -= 1
+    return call, result, fallback, attempts
 
 
 def _validation_retries(policy: Policy, role: str, stage: str | None) -> int:
@@ -259,44 +292,3 @@ def _validation_retries(policy: Policy, role: str, stage: str | None) -> int:
 def _contract_ok(policy: Policy, role: str, text: str) -> bool:
     name = policy.doc.roles[role].output_contract
     return name is None or check_output(policy.doc.contracts[name], text).valid
-
-
-async def _fallback(
-    runner: Runner,
-    service: Rolegate,
-    role: str,
-    exc: ProviderError,
-    failed: ModelInfo,
-    ctx: Any,
-    consent: Consent | None,
-) -> tuple[ModelInfo, str] | None:
-    """The declared next model and how the switch was approved, or None (re-raise)."""
-    fb = runner.policy.doc.roles[role].fallback
-    if str(exc.code) not in fb.on or failed.id not in (
-        runner.policy.doc.roles[role].model,
-        *fb.models,
-    ):
-        return None
-    chain = [runner.policy.doc.roles[role].model, *fb.models]
-    index = chain.index(failed.id)
-    if index + 1 >= len(chain):
-        return None
-    nxt = runner.policy.models[chain[index + 1]]
-    if fb.mode == "auto":
-        return nxt, "auto"
-    if consent is not None and consent.asked:
-        if consent.granted:
-            return nxt, "user"
-        raise RefusedError(
-            f"{failed.id} failed ({exc}); the user declined switching to {nxt.id}",
-            code=Code.NEEDS_CONSENT,
-        )
-    granted = await service.ask_consent(ctx, failed.id, nxt.id, str(exc.code))
-    if granted is True:
-        return nxt, "user"
-    reason = "the user declined" if granted is False else "this client cannot be asked"
-    raise RefusedError(
-        f"{failed.id} failed ({exc}) and the policy says ask before switching to "
-        f"{nxt.id}; {reason}. Retry after consenting to {nxt.id}, or wait for {failed.id}",
-        code=Code.NEEDS_CONSENT,
-    )

@@ -23,10 +23,12 @@ from rolegate.plugins.base import ChatRequest, ChatResult, Message, ProviderClie
 from rolegate.plugins.manager import Registry
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
-from rolegate.policy.router import check_model
+from rolegate.policy.decision import BudgetSnapshot
+from rolegate.policy.router import check_model, streaming_allowed
 from rolegate.policy.tokens import estimate_tokens
 from rolegate.server.accounting import Call as _Call
 from rolegate.server.accounting import reserve, settle
+from rolegate.server.constraints import Constraints
 from rolegate.server.logs import get_logger
 from rolegate.server.models import RunResult
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 log = get_logger()
 LEASE_MARGIN_S = 30.0
+_NO_USAGE = BudgetSnapshot()
 
 
 class Runner:
@@ -118,21 +121,22 @@ class Runner:
         self,
         service: Rolegate,
         info: ModelInfo,
+        limits: Constraints,
         *,
-        role: str,
-        job: str | None,
         tokens: int,
         max_output: int,
+        snapshot: BudgetSnapshot,
     ) -> None:
         refusal = check_model(
             info,
             policy=self.policy,
-            job_name=job,
-            role=role,
-            local_only=self.policy.is_local_only(job),
+            job_name=limits.job,
+            role=limits.role,
+            local_only=limits.local_only,
             input_tokens=tokens,
             max_output=max_output,
-            snapshot=service.snapshot(),
+            snapshot=snapshot,
+            needs=limits.needs,
         )
         if refusal is not None:
             text = (
@@ -143,26 +147,26 @@ class Runner:
             raise RefusedError(text, code=refusal.code)
 
     async def admit(
-        self,
-        service: Rolegate,
-        info: ModelInfo,
-        messages: list[Message],
-        *,
-        role: str,
-        job: str | None,
-        max_output: int,
+        self, service: Rolegate, info: ModelInfo, messages: list[Message], limits: Constraints
     ) -> _Call:
-        # Locality and allowlist first, with no tokens: a forbidden server is never contacted,
-        # not even to count tokens.
-        self._refuse_if(service, info, role=role, job=job, tokens=0, max_output=0)
+        """Check every rule for this model and reserve the worst case, or raise."""
+        # Locality, allowlist and capabilities first, with no tokens: a forbidden server is
+        # never contacted, not even to count tokens.
+        self._refuse_if(service, info, limits, tokens=0, max_output=0, snapshot=_NO_USAGE)
         tokens, exact = await self.count(info, messages)
-        self._refuse_if(service, info, role=role, job=job, tokens=tokens, max_output=max_output)
+        snapshot = await service.snapshot()
+        max_output = limits.max_output
+        self._refuse_if(
+            service, info, limits, tokens=tokens, max_output=max_output, snapshot=snapshot
+        )
         call = _Call("req_" + uuid.uuid4().hex, info, tokens, exact, max_output)
         if service.ledger is not None:
             timeout = (
                 info.model.timeout_s or self.policy.doc.providers[info.model.provider].timeout_s
             )
-            await reserve(service, call, role=role, job=job, lease_s=timeout + LEASE_MARGIN_S)
+            await reserve(
+                service, call, role=limits.role, job=limits.job, lease_s=timeout + LEASE_MARGIN_S
+            )
         return call
 
     async def invoke(
@@ -170,30 +174,38 @@ class Runner:
         service: Rolegate,
         call: _Call,
         messages: list[Message],
+        limits: Constraints,
         *,
-        stream_to: Any,
-        schema: dict[str, Any] | None = None,
-        temperature: float | None = None,
+        ctx: Any,
     ) -> ChatResult:
+        """One provider call, streamed to the client only where the channel and the model
+        allow it, and settled in the ledger whatever happens."""
         info = call.info
         provider = self.policy.doc.providers[info.model.provider]
-        timeout = info.model.timeout_s or provider.timeout_s
+        role_def = self.policy.doc.roles[limits.role]
+        contract = (
+            self.policy.doc.contracts[role_def.output_contract]
+            if role_def.output_contract is not None
+            else None
+        )
         request = ChatRequest(
             model=info.model.name,
             messages=messages,
             max_output_tokens=call.max_output,
-            timeout_s=timeout,
+            timeout_s=info.model.timeout_s or provider.timeout_s,
             stream=True,
-            json_schema=schema,
-            temperature=temperature,
+            json_schema=contract.json_schema() if contract and contract.enforce else None,
+            temperature=role_def.temperature,
             keep_alive=info.model.keep_alive,
         )
+        stream_to = ctx if streaming_allowed(self.policy, limits.channel, info) else None
         chunks = 0
 
         async def on_delta(delta: str) -> None:
             nonlocal chunks
             chunks += 1
             if stream_to is not None:
+                call.streamed = True
                 await stream_to.report_progress(chunks, None, delta)
 
         result: ChatResult | None = None

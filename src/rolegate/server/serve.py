@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
-import secrets
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from rolegate.errors import PluginError, PolicyError, RolegateError
 from rolegate.policy import Policy, load_default_policy, load_policy
-from rolegate.server.logs import configure_logging, get_logger
+from rolegate.server.http import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_KEEP_ALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    MAX_REQUEST_BODY_BYTES,
+    BearerAuth,
+    is_loopback,
+    run_http,
+    transport_security,
+)
+from rolegate.server.logs import configure_logging, get_logger, install_excepthooks
 
-LOOPBACK_NAMES = {"localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class BearerAuth:
-    """Pure-ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                body = b'{"error":"unauthorized","message":"send Authorization: Bearer <token>"}'
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b'Bearer realm="rolegate"'),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+__all__ = ["BearerAuth", "is_loopback", "load_for_serving", "serve"]
 
 
 def load_for_serving(path: str | None) -> Policy | None:
@@ -65,8 +38,20 @@ def load_for_serving(path: str | None) -> Policy | None:
 
 def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    install_excepthooks()
     token: str | None = None
+    security = None
+    limits = _http_limits(args)
     if args.transport == "http":
+        problem = _check_http_limits(limits)
+        if problem is None:
+            try:
+                security = transport_security(args.host, args.port, args.allow_host or ())
+            except ValueError as exc:
+                problem = f"--host/--allow-host: {exc}"
+        if problem is not None:
+            print(f"rolegate: {problem}", file=sys.stderr)
+            return 2
         if args.token_env:
             token = os.environ.get(args.token_env)
             if not token:
@@ -109,10 +94,63 @@ def serve(args: argparse.Namespace) -> int:
     if args.transport == "stdio":
         server.run("stdio")
         return 0
-    import uvicorn
-
-    app: Any = server.streamable_http_app(host=args.host)
+    assert security is not None
+    log.info(
+        "http_listen",
+        host=args.host,
+        port=args.port,
+        allowed_hosts=security.allowed_hosts,
+        header_timeout_s=limits.header_timeout,
+        keep_alive_s=limits.keep_alive,
+        max_connections=limits.max_connections,
+        max_body_bytes=MAX_REQUEST_BODY_BYTES,
+        bearer_token=token is not None,
+    )
+    app: Any = server.streamable_http_app(
+        host=args.host,
+        transport_security=security,
+        max_request_body_size=MAX_REQUEST_BODY_BYTES,
+    )
     if token is not None:
         app = BearerAuth(app, token)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    run_http(
+        app,
+        host=args.host,
+        port=args.port,
+        header_timeout=limits.header_timeout,
+        keep_alive=limits.keep_alive,
+        max_connections=limits.max_connections,
+    )
     return 0
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    header_timeout: float
+    keep_alive: int
+    max_connections: int
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    """The HTTP flags, with http.py's defaults for those not given (the CLI leaves them None
+    so that `rolegate check` never imports the HTTP stack just for its defaults)."""
+
+    def given(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    return HttpLimits(
+        header_timeout=float(given("header_timeout", DEFAULT_HEADER_TIMEOUT_S)),
+        keep_alive=int(given("keep_alive_timeout", DEFAULT_KEEP_ALIVE_S)),
+        max_connections=int(given("max_connections", DEFAULT_MAX_CONNECTIONS)),
+    )
+
+
+def _check_http_limits(limits: HttpLimits) -> str | None:
+    if not limits.header_timeout > 0:  # also rejects NaN
+        return "--header-timeout must be a positive number of seconds"
+    if limits.keep_alive < 1:
+        return "--keep-alive-timeout must be at least 1 second"
+    if limits.max_connections < 1:
+        return "--max-connections must be at least 1"
+    return None

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from rolegate.errors import Code, ProviderError, RefusedError, RequestError
-from rolegate.ledger.base import Ledger
+from rolegate.errors import (
+    Code,
+    LedgerError,
+    ProviderError,
+    RefusedError,
+    RequestError,
+    RolegateError,
+)
+from rolegate.ledger.base import Ledger, WorkStore
+from rolegate.ledger.memory import MemoryWork
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
 from rolegate.policy.decision import PolicyRef, Risk
-from rolegate.policy.escalation import (
-    EscalationDecision,
-    EscalationRequest,
-    SignalValue,
-    escalate,
-)
+from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
+from rolegate.policy.limits import SignalValue, check_count, check_name
 from rolegate.server.budget_report import call_check, scope_report
 from rolegate.server.models import (
     BudgetReport,
@@ -28,11 +32,11 @@ from rolegate.server.models import (
     RouteResult,
     RunResult,
 )
-from rolegate.server.tasks import TaskStore
+from rolegate.server.spool import Spool, spool_dir_for
 from rolegate.server.windows import utcnow
 
-MAX_REMEMBERED_DECISIONS = 10_000
 PROBE_TTL_S = 2.0
+CLAIM_LEASE_MARGIN_S = 60.0
 
 
 def consent_message(failed: str, alternate: str, reason: str) -> str:
@@ -75,7 +79,7 @@ class RunnerLike(Protocol):
 
 
 class Rolegate:
-    """The server's state: the active policy, recent decisions, usage and the clock."""
+    """The server's state: the active policy, the ledger (usage, decisions, tasks), the clock."""
 
     def __init__(
         self,
@@ -90,12 +94,15 @@ class Rolegate:
         self.policy = policy
         self.usage: UsageLike = usage or UsageSource()
         self.clock = clock
-        self._decisions: OrderedDict[str, Decision] = OrderedDict()
-        self.tasks = TaskStore()
         self.runner = runner
         self.ledger = ledger
+        # Decisions and task state live in the ledger, shared by every process that opens
+        # it; a server with no ledger keeps them in memory.
+        self.work: WorkStore = ledger if ledger is not None else MemoryWork()
+        self.spool: Spool | None = None
         if ledger is not None:
             self.usage = ledger
+            self.spool = Spool(spool_dir_for(ledger))
         self.role_prompts = dict(role_prompts or {})
         self._probe_cache: dict[str, tuple[float, bool]] = {}
         self.last_sweep = 0.0  # monotonic time the ledger was last swept of dead reservations
@@ -105,44 +112,163 @@ class Rolegate:
         p = self.policy
         return PolicyRef(name=p.name, revision=p.revision, hash=p.hash)
 
-    def snapshot(self) -> BudgetSnapshot:
-        return self.usage.snapshot(self.policy, self.clock())
+    async def snapshot(self) -> BudgetSnapshot:
+        """Usage per budget line, read off the event loop (a ledger read may wait on I/O)."""
+        if not self.policy.budgets:
+            return BudgetSnapshot()
+        usage, now = self.usage, self.clock()
+        return await anyio.to_thread.run_sync(lambda: usage.snapshot(self.policy, now))
+
+    async def _work(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(**kwargs))
 
     # -- route_task ---------------------------------------------------------
     async def route_task(self, request: RouteRequest) -> RouteResult:
-        """The router's decision, remembered under a decision_id and audited (ids, no text)."""
-        decision = route(request, self.policy, self.snapshot())
+        """The router's decision, stored under a decision_id (usable from any process on the
+        same ledger) and audited in the same transaction (ids, no text)."""
+        decision = route(request, self.policy, await self.snapshot())
         decision_id = "dec_" + uuid.uuid4().hex
-        self._decisions[decision_id] = decision
-        while len(self._decisions) > MAX_REMEMBERED_DECISIONS:
-            self._decisions.popitem(last=False)
-        await self.audit(
-            {
-                "kind": "decision",
-                "decision_id": decision_id,
-                "outcome": decision.outcome,
-                "code": decision.code,
-                "intent": decision.intent,
-                "job": decision.job,
-                "role": decision.role,
-                "model": decision.model,
-                "input_tokens": decision.tokens.input_tokens if decision.tokens else None,
-                "policy_hash": self.policy.hash,
-            }
+        audit = {
+            "kind": "decision",
+            "decision_id": decision_id,
+            "outcome": decision.outcome,
+            "code": decision.code,
+            "intent": decision.intent,
+            "job": decision.job,
+            "role": decision.role,
+            "model": decision.model,
+            "input_tokens": decision.tokens.input_tokens if decision.tokens else None,
+            "policy_hash": self.policy.hash,
+        }
+        await self._work(
+            self.work.put_decision,
+            decision_id=decision_id,
+            record=decision.model_dump(mode="json"),
+            now=self.clock(),
+            audit=audit if self.ledger is not None else None,
         )
         return RouteResult(decision_id=decision_id, **decision.model_dump())
 
-    def decision(self, decision_id: str) -> Decision:
-        found = self._decisions.get(decision_id)
+    async def decision(self, decision_id: str) -> Decision:
+        found = await self._work(self.work.get_decision, decision_id=decision_id)
         if found is None:
             raise RequestError(
                 f"unknown decision_id {decision_id!r}; route the task again with route_task",
                 code=Code.UNKNOWN_DECISION,
             )
+        decision = Decision.model_validate(found)
+        if decision.policy.hash != self.policy.hash:
+            raise RequestError(
+                f"decision {decision_id} was made under another policy "
+                f"({decision.policy.hash}); route the task again",
+                code=Code.UNKNOWN_DECISION,
+            )
+        return decision
+
+    # -- tasks --------------------------------------------------------------
+    async def current_model(self, task_id: str, role: str) -> str | None:
+        found: str | None = await self._work(self.work.current_model, task_id=task_id, role=role)
         return found
 
+    async def escalation_step(self, task_id: str, role: str) -> int:
+        step: int = await self._work(self.work.escalation_step, task_id=task_id, role=role)
+        return step
+
+    async def was_escalated(self, task_id: str) -> bool:
+        found: bool = await self._work(self.work.was_escalated, task_id=task_id)
+        return found
+
+    async def claim_stage(
+        self, task_id: str | None, stage: str | None, role: str, model: str
+    ) -> str | None:
+        """Claim the stage's one authoritative output before any provider call, or raise
+        CONSENSUS_FORBIDDEN; returns the claim id (None: nothing to claim)."""
+        authority = self.policy.doc.roles[role].authority
+        if task_id is None or stage is None or authority == "sidecar":
+            return None
+        declared = self.policy.stages.get(stage)
+        if declared is not None and declared.owner != role:
+            raise RefusedError(
+                f"stage {stage!r} is owned by role {declared.owner!r}; role {role!r} "
+                "cannot write it (one owner per stage; no consensus)",
+                code=Code.CONSENSUS_FORBIDDEN,
+            )
+        claim = "claim_" + uuid.uuid4().hex
+        await self._work(
+            self.work.claim_stage,
+            task_id=task_id,
+            stage=stage,
+            role=role,
+            model=model,
+            request_id=claim,
+            now=self.clock(),
+            lease_s=self._claim_lease(role),
+        )
+        return claim
+
+    def _claim_lease(self, role: str) -> float:
+        """Long enough for the whole run: every declared model's timeout, plus a margin."""
+        role_def = self.policy.doc.roles[role]
+        total = CLAIM_LEASE_MARGIN_S
+        for mid in (role_def.model, *role_def.fallback.models):
+            model = self.policy.doc.models[mid]
+            total += model.timeout_s or self.policy.doc.providers[model.provider].timeout_s
+        return total
+
+    async def release_stage(
+        self, task_id: str | None, stage: str | None, claim: str | None
+    ) -> None:
+        if task_id is None or stage is None or claim is None:
+            return
+        # If the ledger cannot take it, the claim's lease expires on its own.
+        with anyio.CancelScope(shield=True), contextlib.suppress(LedgerError):
+            await self._work(
+                self.work.release_stage, task_id=task_id, stage=stage, request_id=claim
+            )
+
+    async def record_run(
+        self,
+        task_id: str,
+        stage: str | None,
+        role: str,
+        authority: str,
+        model: str,
+        request_id: str,
+        *,
+        claim: str | None,
+        contract_valid: bool | None,
+    ) -> None:
+        now = self.clock()
+        if authority == "sidecar":
+            await self._work(
+                self.work.record_critique,
+                task_id=task_id,
+                stage=stage,
+                role=role,
+                model=model,
+                request_id=request_id,
+                contract_valid=contract_valid,
+                now=now,
+            )
+        elif stage is not None and claim is not None:
+            await self._work(
+                self.work.finish_stage,
+                task_id=task_id,
+                stage=stage,
+                request_id=claim,
+                role=role,
+                model=model,
+                authority=authority,
+                contract_valid=contract_valid,
+                now=now,
+            )
+
     # -- check_budget -------------------------------------------------------
-    def check_budget(
+    async def check_budget(self, **kwargs: Any) -> BudgetReport:
+        """``budget_report`` off the event loop (it reads the ledger)."""
+        return await anyio.to_thread.run_sync(lambda: self.budget_report(**kwargs))
+
+    def budget_report(
         self,
         *,
         job: str | None = None,
@@ -153,6 +279,10 @@ class Rolegate:
         output_tokens: int | None = None,
     ) -> BudgetReport:
         doc = self.policy.doc
+        for value, what in ((job, "job"), (role, "role"), (model, "model")):
+            check_name(value, what)
+        check_count(input_tokens, "input_tokens")
+        check_count(output_tokens, "output_tokens")
         if job is not None and job not in doc.jobs:
             raise RequestError(f"unknown job {job!r}", code=Code.UNKNOWN_JOB)
         if role is not None and role not in doc.roles:
@@ -164,9 +294,6 @@ class Rolegate:
             )
         if text is not None and input_tokens is not None:
             raise RequestError("give text or input_tokens, not both", code=Code.INVALID_ARGUMENT)
-        for value, name in ((input_tokens, "input_tokens"), (output_tokens, "output_tokens")):
-            if value is not None and value < 0:
-                raise RequestError(f"{name} must be >= 0", code=Code.INVALID_ARGUMENT)
         now = self.clock()
         snapshot = self.usage.snapshot(self.policy, now)
         scopes = [scope_report(line, now, snapshot) for line in self.policy.budgets]
@@ -180,7 +307,7 @@ class Rolegate:
         )
 
     # -- escalate -----------------------------------------------------------
-    def _escalation(
+    async def _escalation(
         self,
         role: str,
         signals: Mapping[str, SignalValue],
@@ -188,7 +315,10 @@ class Rolegate:
         task_id: str | None,
         local_only: bool = False,
     ) -> EscalationDecision:
-        current_step = self.tasks.escalation_step(task_id, role) if task_id else 0
+        check_name(role, "role")
+        check_name(job, "job")
+        check_name(task_id, "task_id")
+        current_step = await self.escalation_step(task_id, role) if task_id else 0
         return escalate(
             EscalationRequest(
                 role=role,
@@ -198,10 +328,10 @@ class Rolegate:
                 current_step=current_step,
             ),
             self.policy,
-            self.snapshot(),
+            await self.snapshot(),
         )
 
-    def preview_escalation(
+    async def preview_escalation(
         self,
         role: str,
         signals: Mapping[str, SignalValue],
@@ -214,7 +344,7 @@ class Rolegate:
         if role_def is None or not role_def.escalation.consent:
             return None
         try:
-            decision = self._escalation(role, signals, job, task_id)
+            decision = await self._escalation(role, signals, job, task_id)
         except RequestError:
             return None  # the tool body reports it
         if not decision.escalate or decision.from_model is None or decision.to_model is None:
@@ -232,7 +362,7 @@ class Rolegate:
         local_only: bool = False,
         consent: Consent | None = None,
     ) -> EscalateResult:
-        decision = self._escalation(role, signals, job, task_id, local_only)
+        decision = await self._escalation(role, signals, job, task_id, local_only)
         provenance_id = "esc_" + uuid.uuid4().hex
         answer: str | None = None
         if decision.escalate and decision.consent_required:
@@ -250,9 +380,25 @@ class Rolegate:
                     }
                 )
         if decision.escalate and decision.step is not None and task_id:
-            self.tasks.record_escalation(
-                task_id, role, decision.step, provenance_id, decision, consent=answer
+            recorded = await self._work(
+                self.work.record_escalation,
+                task_id=task_id,
+                role=role,
+                step=decision.step,
+                provenance_id=provenance_id,
+                from_model=decision.from_model,
+                to_model=decision.to_model,
+                fired=[f.signal for f in decision.fired],
+                policy_hash=self.policy.hash,
+                consent=answer,
+                now=self.clock(),
             )
+            if not recorded:
+                raise RefusedError(
+                    f"task {task_id!r}: role {role!r} was escalated by another call at the same "
+                    "moment; read rolegate://tasks/{task_id} and escalate again if still needed",
+                    code=Code.CONSENSUS_FORBIDDEN,
+                )
         await self.audit(
             {
                 "kind": "escalation",
@@ -286,26 +432,6 @@ class Rolegate:
         kind = {"sidecar": "critic", "judge": "judge"}.get(authority)
         return self.role_prompts.get(kind) if kind else None
 
-    def check_owner(self, task_id: str, stage: str, role: str, model: str) -> None:
-        """One authoritative output per stage; a second only through an escalation."""
-        authority = self.policy.doc.roles[role].authority
-        if authority == "sidecar":
-            return
-        declared = self.policy.stages.get(stage)
-        if declared is not None and declared.owner != role:
-            raise RefusedError(
-                f"stage {stage!r} is owned by role {declared.owner!r}; role {role!r} "
-                "cannot write it (one owner per stage; no consensus)",
-                code=Code.CONSENSUS_FORBIDDEN,
-            )
-        current = self.tasks.stage_owner(task_id, stage)
-        if current is not None and current["model"] == model:
-            raise RefusedError(
-                f"stage {stage!r} of task {task_id!r} already has its owner output (from "
-                f"{current['model']}); a second authoritative run needs an escalation first",
-                code=Code.CONSENSUS_FORBIDDEN,
-            )
-
     async def audit(self, record: Mapping[str, object]) -> None:
         """Append an audit record; the durable write runs in a worker thread, off the loop."""
         ledger = self.ledger
@@ -330,26 +456,46 @@ class Rolegate:
         )
         return answer
 
-    async def consent_needed(self, role: str, job: str | None) -> tuple[str, str] | None:
-        """(primary, alternate) when ``role`` asks before falling back and its model is down."""
+    async def consent_needed(
+        self, role: str, job: str | None, local_only: bool, decision_id: str | None
+    ) -> tuple[str, list[str]] | None:
+        """(primary, allowed alternates in order) when ``role`` asks before falling back and
+        its model is down: what the up-front consent question names."""
         role_def = self.policy.doc.roles.get(role)
         if role_def is None or role_def.fallback.mode != "ask" or not role_def.fallback.models:
             return None
-        if self.runner is None or (job is not None and job not in self.policy.doc.jobs):
+        if self.runner is None:
             return None
-        if (
-            self.policy.is_local_only(job)
-            and self.policy.models[role_def.model].locality == "cloud"
-        ):
+        from rolegate.server.fallback import allowed_steps
+        from rolegate.server.run import resolve_constraints
+
+        try:
+            limits = await resolve_constraints(
+                self,
+                role=role,
+                job=job,
+                channel=None,
+                decision_id=decision_id,
+                local_only=local_only,
+                max_output_tokens=None,
+            )
+        except RolegateError:
+            return None  # the tool body reports it
+        primary = limits.decision_model or role_def.model
+        info = self.policy.models[primary]
+        if limits.local_only and info.locality == "cloud":
             return None  # never probe a cloud server under local_only
+        alternates = allowed_steps(self.policy, limits, primary)
+        if not alternates:
+            return None
         now = time.monotonic()
-        cached = self._probe_cache.get(role_def.model)
+        cached = self._probe_cache.get(primary)
         if cached is not None and now - cached[0] < PROBE_TTL_S:
             up = cached[1]
         else:
-            up = await self.runner.probe(role_def.model)
-            self._probe_cache[role_def.model] = (now, up)
-        return None if up else (role_def.model, role_def.fallback.models[0])
+            up = await self.runner.probe(primary)
+            self._probe_cache[primary] = (now, up)
+        return None if up else (primary, alternates)
 
     # -- resources ----------------------------------------------------------
     def roles_overview(self) -> dict[str, Any]:
@@ -385,8 +531,10 @@ class Rolegate:
         }
         return {"policy_hash": self.policy.hash, "roles": roles, "models": models}
 
-    def task_view(self, task_id: str) -> dict[str, Any] | None:
-        return self.tasks.view(task_id)
+    async def task_view(self, task_id: str) -> dict[str, Any] | None:
+        check_name(task_id, "task_id")
+        view: dict[str, Any] | None = await self._work(self.work.task_view, task_id=task_id)
+        return view
 
     @staticmethod
     def route_request(

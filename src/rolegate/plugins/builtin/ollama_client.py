@@ -22,7 +22,7 @@ from rolegate.plugins.base import (
     OnDelta,
     TokenCount,
 )
-from rolegate.plugins.retry import stream_broke, with_retries
+from rolegate.plugins.retry import answered_with_status, stream_broke, with_retries
 from rolegate.policy.schema import Provider
 
 
@@ -58,10 +58,7 @@ class OllamaClient:
                     code=Code.PROVIDER_UNAVAILABLE,
                 ) from exc
             except ollama.ResponseError as exc:
-                raise ProviderError(
-                    f"{request.model}: server answered HTTP {exc.status_code}: {exc.error[:300]}",
-                    code=Code.PROVIDER_ERROR,
-                ) from exc
+                raise answered_with_status(request.model, exc.status_code, exc.error) from exc
             except (ValueError, KeyError) as exc:
                 raise ProviderError(
                     f"{request.model}: malformed response: {exc}", code=Code.BAD_RESPONSE

@@ -23,7 +23,7 @@ from rolegate.plugins.base import (
     OnDelta,
     TokenCount,
 )
-from rolegate.plugins.retry import stream_broke, with_retries
+from rolegate.plugins.retry import answered_with_status, stream_broke, with_retries
 from rolegate.policy.schema import Provider
 
 
@@ -65,11 +65,7 @@ class OpenAIClient:
                     code=Code.PROVIDER_UNAVAILABLE,
                 ) from exc
             except openai.APIStatusError as exc:
-                raise ProviderError(
-                    f"{request.model}: server answered HTTP {exc.status_code}: "
-                    f"{_short(exc.message)}",
-                    code=Code.PROVIDER_ERROR,
-                ) from exc
+                raise answered_with_status(request.model, exc.status_code, exc.message) from exc
             except (openai.APIResponseValidationError, ValueError) as exc:
                 raise ProviderError(
                     f"{request.model}: malformed response: {_short(str(exc))}",

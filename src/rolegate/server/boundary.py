@@ -1,0 +1,158 @@
+"""The one error boundary: every tool call's outcome becomes a result or ``CODE: sentence``.
+
+The SDK reports a bad call in its own words (``Error executing tool x: 1 validation error
+for xArguments ...``, ``Unknown tool: y``), echoing the caller's values, and silently drops
+arguments a tool does not declare. ``GatedServer.call_tool`` sits where the SDK dispatches
+every ``tools/call``: it refuses unknown tools and unknown arguments, turns validation
+failures into INVALID_ARGUMENT naming the fields (never their values), a RolegateError
+raised by a tool into its own code and sentence, and anything else into INTERNAL_ERROR.
+It also writes the one log line per call (ids, codes, counts, timing; never text).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import BaseModel, ValidationError
+
+from rolegate.errors import Code, RolegateError
+from rolegate.server.logs import get_logger
+
+log = get_logger()
+_SHOWN_NAME_CHARS = 64
+
+
+def ok(result: BaseModel) -> CallToolResult:
+    """A tool's result: compact JSON text plus the same data as structured content."""
+    data = result.model_dump(mode="json")
+    return CallToolResult(
+        content=[TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
+        structured_content=data,
+    )
+
+
+def failure(code: Code, sentence: str) -> CallToolResult:
+    text = f"{code}: {sentence}"
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+class GatedServer(MCPServer):
+    """An MCPServer whose tool calls all pass through one boundary."""
+
+    policy_hash: Callable[[], str] = staticmethod(lambda: "")
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        started = time.perf_counter()
+        result = await self._gate(name, arguments, context)
+        if isinstance(result, CallToolResult):
+            # An unknown tool's name is the caller's text: it is never logged.
+            logged = name if self._tool_manager.get_tool(name) is not None else "(unknown)"
+            _log_call(logged, result, self.policy_hash(), time.perf_counter() - started)
+        return result
+
+    async def _gate(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None
+    ) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)
+        if tool is None:
+            known = ", ".join(t.name for t in self._tool_manager.list_tools())
+            return failure(Code.UNKNOWN_TOOL, f"there is no such tool; the tools are {known}")
+        declared = set(tool.parameters.get("properties", {}))
+        unknown = sorted(set(arguments) - declared)
+        if unknown:
+            shown = ", ".join(repr(a[:_SHOWN_NAME_CHARS]) for a in unknown[:5])
+            return failure(
+                Code.INVALID_ARGUMENT,
+                f"{name} has no argument(s) {shown}; it takes {', '.join(sorted(declared))}",
+            )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:  # UnexpectedToolError is a ToolError too
+            return _from_tool_error(name, exc)
+
+
+def _from_tool_error(tool: str, exc: ToolError) -> CallToolResult:
+    cause = exc.__cause__
+    if isinstance(cause, RolegateError):
+        return failure(cause.code, cause.message)
+    if isinstance(cause, ValidationError):
+        return failure(Code.INVALID_ARGUMENT, _validation_sentence(tool, cause))
+    text = str(exc)
+    if "Resolver" in text:  # a consent answer that does not fit its form, or none at all
+        return failure(
+            Code.INVALID_ARGUMENT,
+            "the answer to the consent question did not fit its form ({switch: true|false}); "
+            "call the tool again and answer the question",
+        )
+    # Not log.exception: a traceback could carry caller text; the type is enough.
+    log.error(
+        "tool_crash", tool=tool, error_type=type(cause).__name__ if cause else type(exc).__name__
+    )
+    return failure(
+        Code.INTERNAL_ERROR,
+        f"rolegate failed unexpectedly ({type(cause).__name__ if cause else 'ToolError'}); "
+        "the server is still running and the policy is unchanged",
+    )
+
+
+def _validation_sentence(tool: str, exc: ValidationError) -> str:
+    """Which arguments are wrong and what they must be; never the values given."""
+    parts: list[str] = []
+    for err in exc.errors(include_input=False, include_url=False)[:8]:
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{where[:_SHOWN_NAME_CHARS]}: {_plain(err)}")
+    more = len(exc.errors()) - len(parts)
+    tail = f" (and {more} more)" if more > 0 else ""
+    return f"invalid arguments for {tool}: " + "; ".join(parts) + tail
+
+
+def _plain(err: Any) -> str:
+    """pydantic's message, which names the rule but not the input (inputs are excluded)."""
+    kind = err.get("type", "")
+    if kind == "missing":
+        return "required"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def _log_call(tool: str, result: CallToolResult, hash_: str, elapsed_s: float) -> None:
+    ms = round(elapsed_s * 1000, 3)
+    if result.is_error:
+        first = result.content[0] if result.content else None
+        text = first.text if isinstance(first, TextContent) else ""
+        code = text.split(":", 1)[0] or str(Code.INTERNAL_ERROR)
+        log.info("tool_call", tool=tool, outcome=code, policy_hash=hash_, ms=ms)
+        return
+    data = result.structured_content or {}
+    log.info(
+        "tool_call",
+        tool=tool,
+        outcome=data.get("code", "OK"),
+        policy_hash=hash_,
+        model=data.get("model") or data.get("to_model") or _check_model(data),
+        max_input_tokens=_tokens_field(data, "max_input_tokens"),
+        reserve_tokens=_tokens_field(data, "reserve_tokens"),
+        input_tokens=_tokens_field(data, "input_tokens"),
+        ms=ms,
+    )
+
+
+def _check_model(data: dict[str, Any]) -> Any:
+    check = data.get("check")
+    return check.get("model") if isinstance(check, dict) else None
+
+
+def _tokens_field(data: dict[str, Any], key: str) -> Any:
+    """``key`` from the first of the result's token-bearing parts that has it."""
+    for part in ("tokens", "check", "usage"):
+        section = data.get(part)
+        if isinstance(section, dict) and section.get(key) is not None:
+            return section[key]
+    return data.get(key)

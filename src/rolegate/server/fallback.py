@@ -1,0 +1,216 @@
+"""The declared fallback chain, walked in order: no silent switch, no step unchecked.
+
+When the running model fails with a code the role's ``fallback.on`` names, the next declared
+model is tried, then the next, until one answers or the chain ends. Every step is held to
+the run's constraints again (premium and escalation-only models are never fallbacks;
+local_only, allowlist, capabilities, then context + reserve and budgets at admission), every
+switch and every refused step is audited, and where the chain says ``mode: ask`` the user
+consents per step: up front (the consent question names the allowed alternates in order) or
+mid-call, else the run is refused with NEEDS_CONSENT naming the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rolegate.errors import Code, ProviderError, RefusedError, RolegateError
+from rolegate.plugins.base import ChatResult, Message
+from rolegate.policy import BudgetSnapshot, Policy
+from rolegate.policy.compiled import ModelInfo
+from rolegate.policy.router import fallback_refusal
+from rolegate.server.accounting import Call
+from rolegate.server.constraints import Constraints
+from rolegate.server.logs import get_logger
+from rolegate.server.models import FallbackInfo, FallbackStep
+
+if TYPE_CHECKING:
+    from rolegate.server.run import Consent
+    from rolegate.server.runner import Runner
+    from rolegate.server.service import Rolegate
+
+log = get_logger()
+_NO_USAGE = BudgetSnapshot()
+
+
+def declared_steps(policy: Policy, role: str, failed: str) -> list[str]:
+    """The declared models after ``failed`` in the role's chain (none if it is not in it)."""
+    role_def = policy.doc.roles[role]
+    chain = [role_def.model, *role_def.fallback.models]
+    return chain[chain.index(failed) + 1 :] if failed in chain else []
+
+
+def allowed_steps(policy: Policy, limits: Constraints, failed: str) -> list[str]:
+    """The steps after ``failed`` that the run's constraints allow before any count or
+    budget is known: what an up-front consent question names."""
+    return [
+        mid
+        for mid in declared_steps(policy, limits.role, failed)
+        if _static_refusal(policy, limits, policy.models[mid]) is None
+    ]
+
+
+def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Any:
+    return fallback_refusal(
+        policy,
+        info,
+        job=limits.job,
+        role=limits.role,
+        local_only=limits.local_only,
+        needs=limits.needs,
+        input_tokens=0,
+        max_output=0,
+        snapshot=_NO_USAGE,
+    )
+
+
+async def call_with_fallback(
+    runner: Runner,
+    service: Rolegate,
+    limits: Constraints,
+    info: ModelInfo,
+    chat: list[Message],
+    *,
+    context: dict[str, object],
+    ctx: Any,
+    consent: Consent | None,
+) -> tuple[Call, ChatResult, FallbackInfo | None]:
+    call = await runner.admit(service, info, chat, limits)
+    call.context.update(context, attempt=1)
+    try:
+        return call, await runner.invoke(service, call, chat, limits, ctx=ctx), None
+    except ProviderError as exc:
+        first = exc
+    fallback = runner.policy.doc.roles[limits.role].fallback
+    steps = declared_steps(runner.policy, limits.role, info.id)
+    if str(first.code) not in fallback.on or not steps:
+        raise first
+    walk = _Walk(runner, service, limits, info, first, consent)
+    for mid in steps:
+        step_info = runner.policy.models[mid]
+        if not await walk.allowed(step_info):
+            continue
+        await walk.approve(step_info, ctx)
+        try:
+            call = await runner.admit(service, step_info, chat, limits)
+        except RefusedError as exc:
+            await walk.refused(step_info, exc.code, exc.message)
+            continue
+        call.context.update(context, attempt=1, fallback_from=info.id)
+        try:
+            result = await runner.invoke(service, call, chat, limits, ctx=ctx)
+        except ProviderError as exc:
+            if str(exc.code) not in fallback.on:
+                raise
+            walk.failed(step_info, exc)
+            continue
+        return call, result, walk.done(step_info)
+    raise walk.exhausted()
+
+
+class _Walk:
+    """The state of one walk down the chain: where it is, what happened at each step."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        service: Rolegate,
+        limits: Constraints,
+        primary: ModelInfo,
+        failure: ProviderError,
+        consent: Consent | None,
+    ) -> None:
+        self.policy = runner.policy
+        self.service = service
+        self.limits = limits
+        self.primary = primary
+        self.reason = str(failure.code)
+        self.current = primary
+        self.last: RolegateError = failure
+        self.consent = consent
+        self.how = "auto"
+        self.path = [FallbackStep(model=primary.id, code=str(failure.code), outcome="failed")]
+        # What an up-front answer covers: the alternates its question named, in order.
+        self.upfront = allowed_steps(self.policy, limits, primary.id)
+
+    async def allowed(self, info: ModelInfo) -> bool:
+        rejection = _static_refusal(self.policy, self.limits, info)
+        if rejection is None:
+            return True
+        await self.refused(info, rejection.code, f"{info.id} {rejection.reason}")
+        return False
+
+    async def refused(self, info: ModelInfo, code: str, message: str) -> None:
+        self.path.append(FallbackStep(model=info.id, code=code, outcome="refused"))
+        self.last = RefusedError(message, code=Code(code))
+        await self.service.audit(self._record("fallback_refused", info, code, None))
+
+    def failed(self, info: ModelInfo, exc: ProviderError) -> None:
+        self.path.append(FallbackStep(model=info.id, code=str(exc.code), outcome="failed"))
+        self.current, self.last = info, exc
+
+    async def approve(self, info: ModelInfo, ctx: Any) -> None:
+        """Consent for this step where the chain asks, or raise NEEDS_CONSENT."""
+        mode = self.policy.doc.roles[self.limits.role].fallback.mode
+        if mode == "auto":
+            self.how = "auto"
+        elif self.consent is not None and self.consent.asked and info.id in self.upfront:
+            if not self.consent.granted:
+                raise self._needs_consent(info, "the user declined")
+            self.how = "user"
+        else:
+            why = str(self.last.code)
+            granted = await self.service.ask_consent(ctx, self.current.id, info.id, why)
+            if granted is not True:
+                reason = "the user declined" if granted is False else "this client cannot be asked"
+                raise self._needs_consent(info, reason)
+            self.how = "user"
+        log.warning(
+            "fallback",
+            role=self.limits.role,
+            from_model=self.current.id,
+            to_model=info.id,
+            reason=str(self.last.code),
+            consent=self.how,
+            policy_hash=self.policy.hash,
+        )
+        await self.service.audit(self._record("fallback", self.current, str(self.last.code), info))
+
+    def done(self, info: ModelInfo) -> FallbackInfo:
+        self.path.append(FallbackStep(model=info.id, code="OK", outcome="ok", consent=self.how))
+        return FallbackInfo(
+            from_model=self.primary.id,
+            to_model=info.id,
+            reason=self.reason,
+            consent=self.how,
+            path=self.path,
+        )
+
+    def exhausted(self) -> RolegateError:
+        trail = ", ".join(f"{s.model} {s.code}" for s in self.path)
+        message = f"{self.last.message} (declared fallback chain exhausted: {trail})"
+        if isinstance(self.last, ProviderError):
+            return ProviderError(message, code=self.last.code)
+        return RefusedError(message, code=self.last.code)
+
+    def _needs_consent(self, info: ModelInfo, reason: str) -> RefusedError:
+        return RefusedError(
+            f"{self.current.id} failed ({self.last}) and the policy says ask before "
+            f"switching to {info.id}; {reason}. Retry after consenting to {info.id}, or wait "
+            f"for {self.current.id}",
+            code=Code.NEEDS_CONSENT,
+        )
+
+    def _record(
+        self, kind: str, info: ModelInfo, code: str, to: ModelInfo | None
+    ) -> dict[str, object]:
+        return {
+            "kind": kind,
+            "role": self.limits.role,
+            "job": self.limits.job,
+            "decision_id": self.limits.decision_id,
+            "model": info.id,
+            "to_model": to.id if to else None,
+            "code": code,
+            "consent": self.how if to else None,
+            "policy_hash": self.policy.hash,
+        }
