@@ -87,6 +87,18 @@ class SqliteBackend:
         finally:
             conn.close()
 
+    def tables(self) -> list[str]:
+        """The rolegate_* tables that exist, by name."""
+        conn = sqlite3.connect(self.path)
+        try:
+            rows = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name LIKE 'rolegate%' ORDER BY 1"
+            )
+            return [str(r[0]) for r in rows]
+        finally:
+            conn.close()
+
     def execute(self, *statements: str) -> None:
         """Raw SQL on the ledger's database, outside the ledger (white box)."""
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -160,6 +172,13 @@ class PostgresBackend:
             f"SELECT name, applied_us FROM {self.role}.rolegate_migrations ORDER BY 1"
         )
         return [(str(r[0]), int(str(r[1]))) for r in rows]
+
+    def tables(self) -> list[str]:
+        rows = self._admin(
+            "SELECT tablename FROM pg_tables WHERE schemaname = "
+            f"'{self.role}' AND tablename LIKE 'rolegate%' ORDER BY 1"
+        )
+        return [str(r[0]) for r in rows]
 
     def execute(self, *statements: str) -> None:
         """Raw SQL as the backend's own role, on its schema (white box)."""

@@ -6,10 +6,8 @@ processes, restarts and races run on both databases (``backend``).
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,79 +16,20 @@ from rolegate.errors import Code, LedgerError, RefusedError, RequestError
 from rolegate.ledger import Ledger, MemoryWork, WorkStore
 from tests.ledger import workers
 from tests.ledger.backends import Backend
+from tests.ledger.stages import (
+    CTX,
+    PROCESSES,
+    ROLE,
+    STAGE,
+    TASK,
+    claim,
+    escalate,
+    finish,
+    owner_of,
+    refused,
+    run_processes,
+)
 from tests.ledger.workers import T0, at
-
-CTX = multiprocessing.get_context("spawn")
-PROCESSES = 8
-TASK, STAGE, ROLE = "task-1", "plan", "planner"
-
-
-def claim(
-    store: WorkStore,
-    request_id: str,
-    *,
-    model: str = "m-a",
-    role: str = ROLE,
-    now: datetime = T0,
-    lease_s: float = 60,
-    task_id: str = TASK,
-    stage: str = STAGE,
-) -> None:
-    store.claim_stage(
-        task_id=task_id, stage=stage, role=role, model=model, request_id=request_id, now=now,
-        lease_s=lease_s,
-    )  # fmt: skip
-
-
-def finish(
-    store: WorkStore,
-    request_id: str,
-    *,
-    model: str = "m-a",
-    role: str = ROLE,
-    valid: bool | None = True,
-    now: datetime = T0,
-    task_id: str = TASK,
-    stage: str = STAGE,
-) -> None:
-    store.finish_stage(
-        task_id=task_id, stage=stage, request_id=request_id, role=role, model=model,
-        authority="owner", contract_valid=valid, now=now,
-    )  # fmt: skip
-
-
-def escalate(
-    store: WorkStore,
-    step: int,
-    to_model: str | None,
-    *,
-    role: str = ROLE,
-    from_model: str | None = "m-a",
-    provenance_id: str | None = None,
-    now: datetime = T0,
-    task_id: str = TASK,
-) -> bool:
-    return store.record_escalation(
-        task_id=task_id, role=role, step=step, provenance_id=provenance_id or f"p-{role}-{step}",
-        from_model=from_model, to_model=to_model, fired=["low_confidence"], policy_hash="h1",
-        consent=None, now=now,
-    )  # fmt: skip
-
-
-def refused(call: Any, *args: Any, **kwargs: Any) -> str:
-    """The CONSENSUS_FORBIDDEN sentence ``call`` raises."""
-    with pytest.raises(RefusedError) as caught:
-        call(*args, **kwargs)
-    assert caught.value.code == Code.CONSENSUS_FORBIDDEN
-    return caught.value.message
-
-
-def owner_of(store: WorkStore, stage: str = STAGE, task_id: str = TASK) -> dict[str, Any]:
-    view = store.task_view(task_id)
-    assert view is not None
-    entry: dict[str, Any] = view["stages"][stage]
-    return entry
-
 
 OWNED = "stage 'plan' of task 'task-1' already has its owner output (from {}); a second " \
     "authoritative run needs an escalation first"  # fmt: skip
@@ -561,22 +500,11 @@ def test_both_stores_are_work_stores(ledger: Ledger) -> None:
 # -- across processes and restarts (both databases) --------------------------------------
 
 
-def _run(target: Any, args_per_worker: list[tuple[Any, ...]], results: Any) -> list[Any]:
-    procs = [CTX.Process(target=target, args=args) for args in args_per_worker]
-    for p in procs:
-        p.start()
-    reports = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0, "a worker died (see its traceback above)"
-    return reports
-
-
 def test_eight_processes_at_a_barrier_one_claims_the_stage(
     backend: Backend, ledger: Ledger
 ) -> None:
     barrier, results = CTX.Barrier(PROCESSES), CTX.Queue()
-    reports = _run(
+    reports = run_processes(
         workers.claim_at_barrier,
         [(backend.url, w, TASK, STAGE, barrier, results) for w in range(PROCESSES)],
         results,
@@ -598,7 +526,7 @@ def test_claims_racing_finishes_never_make_a_second_owner(backend: Backend, ledg
     finishes the same stage must see that run's owner output, never a free stage."""
     tasks = 40
     barrier, results = CTX.Barrier(PROCESSES), CTX.Queue()
-    reports = _run(
+    reports = run_processes(
         workers.claim_and_finish_many,
         [(backend.url, w, tasks, STAGE, barrier, results) for w in range(PROCESSES)],
         results,
@@ -614,7 +542,7 @@ def test_eight_processes_at_a_barrier_record_one_escalation_step(
     backend: Backend, ledger: Ledger
 ) -> None:
     barrier, results = CTX.Barrier(PROCESSES), CTX.Queue()
-    reports = _run(
+    reports = run_processes(
         workers.escalate_at_barrier,
         [(backend.url, w, TASK, barrier, results) for w in range(PROCESSES)],
         results,
@@ -671,9 +599,9 @@ def test_a_decision_is_usable_from_another_instance_and_another_process(
     finally:
         other.close()
     results = CTX.Queue()
-    assert _run(workers.read_decision, [(backend.url, "dec_shared", results)], results) == [
-        DECISION
-    ]
+    assert run_processes(
+        workers.read_decision, [(backend.url, "dec_shared", results)], results
+    ) == [DECISION]
 
 
 def test_an_unreachable_ledger_fails_the_work_store_closed(

@@ -150,7 +150,7 @@ def claim_at_barrier(
     """Claim one stage once every worker is at the barrier; report the outcome."""
     ledger = open_ledger(url)
     request_id = f"claim-{worker}"
-    barrier.wait(timeout=120)
+    barrier.wait(timeout=180)
     try:
         ledger.claim_stage(
             task_id=task_id,
@@ -174,7 +174,7 @@ def escalate_at_barrier(
     """Record step 0 of one role's escalation once every worker is at the barrier."""
     ledger = open_ledger(url)
     provenance_id = f"esc-{worker}"
-    barrier.wait(timeout=120)
+    barrier.wait(timeout=180)
     try:
         won: bool | str = ledger.record_escalation(
             task_id=task_id,
@@ -204,7 +204,7 @@ def claim_and_finish_many(
     ledger = open_ledger(url)
     owned: list[str] = []
     errors: list[str] = []
-    barrier.wait(timeout=120)
+    barrier.wait(timeout=180)
     for k in range(tasks):
         task_id = f"task-{k}"
         request_id = f"w{worker}-{k}"
@@ -231,7 +231,7 @@ def claim_and_finish_many(
 
 def open_at_barrier(url: str, barrier: Barrier, results: Any) -> None:
     """Open (and so migrate) the ledger once every worker is at the barrier."""
-    barrier.wait(timeout=120)
+    barrier.wait(timeout=180)
     try:
         open_ledger(url).close()
         results.put("ok")

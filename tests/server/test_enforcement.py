@@ -152,7 +152,8 @@ async def test_the_whole_declared_chain_is_walked_in_order(
     assert not run.is_error, text(run)
     data = run.structured_content
     assert (data["model"], data["output"]) == ("echo-d", "still here")
-    assert [s["model"] for s in data["fallback"]["path"]] == ["dead-a", "dead-b", "dead-c", "echo-d"]
+    path = [s["model"] for s in data["fallback"]["path"]]
+    assert path == ["dead-a", "dead-b", "dead-c", "echo-d"]
     switches = [
         (r["model"], r["to_model"]) for r in reversed(ledger.recent_audit(30))
         if r["kind"] == "fallback"
@@ -306,11 +307,17 @@ async def test_a_predicate_fires_once_even_when_two_rules_name_it(tmp_path: Path
     [
         ("no_such_tool", {}, "UNKNOWN_TOOL"),
         ("route_task", {"task": "x", "max_output_tokens": 2**63}, "INVALID_ARGUMENT"),
-        ("run_role", {"role": "parrot", "prompt": "x", "max_output_tokens": 2**63},
-         "INVALID_ARGUMENT"),  # fmt: skip
+        (
+            "run_role",
+            {"role": "parrot", "prompt": "x", "max_output_tokens": 2**63},
+            "INVALID_ARGUMENT",
+        ),
         ("route_task", {"task": "x", "needs": ["n"] * 1000}, "INVALID_ARGUMENT"),
-        ("run_role", {"role": "parrot", "prompt": "x", "task_id": "t" * 10_000},
-         "INVALID_ARGUMENT"),  # fmt: skip
+        (
+            "run_role",
+            {"role": "parrot", "prompt": "x", "task_id": "t" * 10_000},
+            "INVALID_ARGUMENT",
+        ),
         ("route_task", {"task": "x", "job": "j" * 10_000}, "INVALID_ARGUMENT"),
         ("check_budget", {"output_tokens": -1}, "INVALID_ARGUMENT"),
         ("route_task", {"task": "x", "bogus": 1}, "INVALID_ARGUMENT"),

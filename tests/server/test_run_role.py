@@ -143,7 +143,12 @@ async def test_declared_auto_fallback_is_reported(server: MCPServer, era: str) -
         "reason": "PROVIDER_UNAVAILABLE",
         "consent": "auto",
         "path": [
-            {"model": "dead-1", "code": "PROVIDER_UNAVAILABLE", "outcome": "failed", "consent": None},
+            {
+                "model": "dead-1",
+                "code": "PROVIDER_UNAVAILABLE",
+                "outcome": "failed",
+                "consent": None,
+            },
             {"model": "echo-1", "code": "OK", "outcome": "ok", "consent": "auto"},
         ],
     }
