@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -52,15 +51,12 @@ def within(
             box["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
-    started = time.monotonic()
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
         if unblock is not None:
             unblock()
         pytest.fail(f"no answer within {seconds}s")
-    elapsed = time.monotonic() - started
-    assert elapsed < seconds
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
@@ -108,7 +104,11 @@ def in_child(call: str, arg: object) -> dict[str, Any]:
     return report
 
 
-def refusal(fn: Callable[[], object], kind: type[Exception] = PolicyLoadError) -> Exception:
+def refusal(
+    fn: Callable[[], object],
+    kind: type[Exception] = PolicyLoadError,
+    unblock: Callable[[], None] | None = None,
+) -> Exception:
     """The error ``fn`` raises (within the guard); fails if it returns."""
 
     def call() -> Exception:
@@ -118,7 +118,11 @@ def refusal(fn: Callable[[], object], kind: type[Exception] = PolicyLoadError) -
             return exc
         pytest.fail(f"expected {kind.__name__}")
 
-    return within(call)
+    return within(call, unblock=unblock)
+
+
+def load_dict(data: dict[str, Any]) -> Policy:
+    return load_policy_text(json.dumps(data), "json", "p.json")
 
 
 def yaml_of(data: dict[str, Any]) -> str:
@@ -148,22 +152,13 @@ DEEP = 3000
     ("fmt", "text"),
     [
         ("yaml", "[" * DEEP + "]" * DEEP),
-        ("yaml", "".join(" " * i + "a:\n" for i in range(200))),
         ("json", "[" * DEEP + "]" * DEEP),
         ("json", '{"a":' * DEEP + "1" + "}" * DEEP),
         ("toml", "x = " + "[" * DEEP + "]" * DEEP),
         ("toml", "x = " + "{a = " * DEEP + "1" + "}" * DEEP),
         ("toml", "[" + ".".join(["a"] * DEEP) + "]\nx = 1\n"),
     ],
-    ids=[
-        "yaml-flow",
-        "yaml-block",
-        "json-array",
-        "json-object",
-        "toml-array",
-        "toml-inline",
-        "toml-tables",
-    ],
+    ids=["yaml", "json-array", "json-object", "toml-array", "toml-inline", "toml-tables"],
 )
 def test_deep_nesting_is_one_sentence_not_a_traceback(fmt: str, text: str) -> None:
     exc = refusal(lambda: load_policy_text(text, fmt, f"deep.{fmt}"))
@@ -312,14 +307,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     def unblock() -> None:  # let a blocked reader see end-of-file
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
-    def call() -> Exception:
-        try:
-            load_policy(fifo)
-        except PolicyLoadError as exc:
-            return exc
-        pytest.fail("expected PolicyLoadError")
-
-    exc = within(call, unblock=unblock)
+    exc = refusal(lambda: load_policy(fifo), unblock=unblock)
     assert "not a regular file (a FIFO)" in str(exc)
 
 
@@ -371,9 +359,7 @@ def test_keywords_still_match_whole_words(mac_mini: Policy) -> None:
     intent = classify(mac_mini, "summarize the logs")
     assert intent is not None
     assert intent.name == "summarize"
-    policy = load_policy_text(
-        json.dumps(with_intent({"keywords": ["café", "why does", "fix"]})), "json", "p.json"
-    )
+    policy = load_dict(with_intent({"keywords": ["café", "why does", "fix"]}))
     assert classify(policy, "un CAFÉ noir") is not None
     assert classify(policy, "Why does it fail?") is not None
     assert classify(policy, "FIX.") is not None
@@ -391,8 +377,7 @@ LONG_RUN = "QWERTY1234567890ASDFGH"
 
 
 def refused_with_secret(changes: dict[str, Any], secret: str) -> PolicyInvalidError:
-    data = json.dumps(with_changes(changes))
-    exc = refusal(lambda: load_policy_text(data, "json", "p.json"), PolicyInvalidError)
+    exc = refusal(lambda: load_dict(with_changes(changes)), PolicyInvalidError)
     assert isinstance(exc, PolicyInvalidError)
     assert secret not in str(exc)
     assert secret not in repr(exc.problems)
@@ -414,10 +399,8 @@ def test_a_key_in_api_key_env_is_refused_without_echoing_it(secret: str) -> None
 def test_api_key_env_must_be_upper_snake_case() -> None:
     exc = refused_with_secret({"providers.cloud.api_key_env": "openai-key"}, "openai-key")
     assert "upper snake case" in exc.problems[0].message
-    for name in ("OPENAI_API_KEY", "HF_TOKEN", "_X", "A" * 64):
-        assert load_policy_text(
-            json.dumps(with_changes({"providers.cloud.api_key_env": name})), "json", "p.json"
-        )
+    for name in ("OPENAI_API_KEY", "HF_TOKEN", "HF_INFERENCE_API_TOKEN", "SK_API_KEY", "A" * 64):
+        assert load_dict(with_changes({"providers.cloud.api_key_env": name}))
     refused_with_secret({"providers.cloud.api_key_env": "A" * 65}, "A" * 65)
 
 
@@ -448,11 +431,12 @@ def test_a_key_in_base_url_is_refused_without_echoing_it(url: str, secret: str) 
         "https://gateway.ai.cloudflare.com/v1/023e105f4ecef8ad9ca31a8372d0c353/gw/openai",
         "https://res.openai.azure.com/openai/deployments/gpt-4o-mini?api-version=2024-02-01",
         "http://127.0.0.1:8080/v1",
+        "https://aiplatform.googleapis.com/v1beta1/projects/p-123/locations/asia-northeast1/x",
     ],
 )
 def test_ordinary_base_urls_are_fine(url: str) -> None:
-    data = json.dumps(with_changes({"providers.cloud.base_url": url}))
-    assert load_policy_text(data, "json", "p.json").doc.providers["cloud"].base_url == url
+    policy = load_dict(with_changes({"providers.cloud.base_url": url}))
+    assert policy.doc.providers["cloud"].base_url == url
 
 
 def test_cli_never_prints_a_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -501,16 +485,8 @@ def test_escalation_only_and_premium_models_are_never_fallbacks() -> None:
         "models.big.escalation_only": True,
         "models.prem": {**MINIMAL["models"]["big"], "premium": True},
     }
-    exc = refusal(
-        lambda: load_policy_text(
-            json.dumps(
-                with_changes({**base, "roles.assistant.fallback": {"models": ["big", "prem"]}})
-            ),
-            "json",
-            "p.json",
-        ),
-        PolicyInvalidError,
-    )
+    chain = {"roles.assistant.fallback": {"models": ["big", "prem"]}}
+    exc = refusal(lambda: load_dict(with_changes({**base, **chain})), PolicyInvalidError)
     assert isinstance(exc, PolicyInvalidError)
     assert [(p.location, p.severity, p.message) for p in exc.problems] == [
         (
@@ -525,13 +501,9 @@ def test_escalation_only_and_premium_models_are_never_fallbacks() -> None:
             "'prem' is premium: premium models are explicit and allowlisted, never a fallback",
         ),
     ]
-    ladder = {
-        "ladder": ["big", "prem"],
-        "when": [{"signal": "confidence", "op": "lt", "value": 0.5}],
-    }
-    policy = load_policy_text(
-        json.dumps(with_changes({**base, "roles.assistant.escalation": ladder})), "json", "p.json"
-    )
+    when = [{"signal": "confidence", "op": "lt", "value": 0.5}]
+    ladder = {"roles.assistant.escalation": {"ladder": ["big", "prem"], "when": when}}
+    policy = load_dict(with_changes({**base, **ladder}))
     assert policy.doc.roles["assistant"].escalation.ladder == ("big", "prem")
 
 
@@ -545,9 +517,6 @@ def test_seed001_fallbacks_follow_the_seed() -> None:
     assert roles["auditor"].fallback.models == ("claude-sonnet",)
     assert roles["librarian"].escalation.ladder == ("kimi-k2", "claude-sonnet")
     models = policy.doc.models
-    assert {m for m, spec in models.items() if spec.escalation_only} == {
-        "kimi-k2",
-        "deepseek-chat",
-        "deepseek-reasoner",
-    }
+    escalation_only = {m for m, spec in models.items() if spec.escalation_only}
+    assert escalation_only == {"kimi-k2", "deepseek-chat", "deepseek-reasoner"}
     assert {m for m, spec in models.items() if spec.premium} == {"gpt-5.1-high", "claude-opus"}

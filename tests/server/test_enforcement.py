@@ -335,3 +335,37 @@ async def test_errors_a_caller_can_cause_are_coded(
     assert "Error executing tool" not in text(result)
     assert len(text(result)) < 2_000  # no echo of a huge argument
     assert alive.structured_content["code"] == "ROUTED"
+
+
+async def test_seed_000s_chain_is_walked_to_its_end(mac_mini: Policy, ledger: Ledger) -> None:
+    """qwen2.5:3b -> llama3.2:3b -> qwen2.5:7b -> deepseek-coder:1.3b, each tried in turn
+    (no Ollama listens here, so each one fails to connect and the next is tried)."""
+    policy = mac_mini.doc.model_copy(
+        update={
+            "providers": {
+                **mac_mini.doc.providers,
+                "ollama": mac_mini.doc.providers["ollama"].model_copy(
+                    update={"base_url": f"http://127.0.0.1:{free_port()}", "max_retries": 0}
+                ),
+            }
+        }
+    )
+    server = build_server(build_service(Policy(policy, source="000"), env={}, ledger=ledger))
+    async with Client(server, mode="legacy") as client:
+        run = await call(client, "run_role", role="local_fast", prompt="triage the queue")
+    message = text(run)
+    assert message.startswith("PROVIDER_UNAVAILABLE: "), message
+    assert message.endswith(
+        "(declared fallback chain exhausted: qwen2.5-3b PROVIDER_UNAVAILABLE, llama3.2-3b "
+        "PROVIDER_UNAVAILABLE, qwen2.5-7b PROVIDER_UNAVAILABLE, deepseek-coder-1.3b "
+        "PROVIDER_UNAVAILABLE)"
+    )
+    switches = [
+        (r["model"], r["to_model"]) for r in reversed(ledger.recent_audit(40))
+        if r["kind"] == "fallback"
+    ]  # fmt: skip
+    assert switches == [
+        ("qwen2.5-3b", "llama3.2-3b"),
+        ("llama3.2-3b", "qwen2.5-7b"),
+        ("qwen2.5-7b", "deepseek-coder-1.3b"),
+    ]

@@ -79,6 +79,7 @@ _KEY_PREFIXES = (
     "NPM_",
     "PYPI-",
 )
+_AWS_KEY_ID = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}", re.IGNORECASE)
 _ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 # Query parameters that carry credentials (compared lower-case, '-' read as '_').
@@ -104,14 +105,18 @@ def _long_mixed_run(text: str, *, allow_hex: bool = False) -> bool:
 
 
 def _has_key_prefix(text: str) -> bool:
+    if _AWS_KEY_ID.fullmatch(text):
+        return True
     upper = text.upper()
     for prefix in _KEY_PREFIXES:
-        rest = upper[len(prefix) :]
-        # The rest must look generated (a digit, or a long run), so that names such as
-        # HF_TOKEN or SK_API_KEY stay usable as variable names.
-        if upper.startswith(prefix) and (
-            any(c.isdigit() for c in rest) or any(len(r) >= 16 for r in _ALNUM_RUN.findall(rest))
-        ):
+        if not upper.startswith(prefix):
+            continue
+        # What follows must look generated (16+ characters with a digit, or in mixed
+        # case), so that names such as HF_TOKEN, SK_API_KEY or a path segment such as
+        # asia-northeast1 are not taken for keys.
+        body = "".join(_ALNUM_RUN.findall(text[len(prefix) :]))
+        mixed_case = body != body.upper() and body != body.lower()
+        if len(body) >= 16 and (mixed_case or any(c.isdigit() for c in body)):
             return True
     return False
 
