@@ -362,8 +362,13 @@ def do_finish_stage(
     authority: str,
     contract_valid: bool | None,
     now_us: int,
+    output_request_id: str | None = None,
 ) -> None:
-    """The claim row first, then the owner row: the order ``do_claim_stage`` explains."""
+    """The claim row first, then the owner row: the order ``do_claim_stage`` explains.
+
+    The owner row records ``output_request_id`` (the call that produced the output), or the
+    claim's own id when none is given."""
+    owner_id = output_request_id or request_id
     found = tx.rows(
         "SELECT request_id FROM rolegate_stage_claims WHERE task_id = ? AND stage = ?"
         + tx.for_update,
@@ -383,14 +388,14 @@ def do_finish_stage(
             "UPDATE rolegate_stage_owners SET role = ?, model = ?, request_id = ?,"
             " authority = ?, contract_valid = ?, replaced = ?, at_us = ?"
             " WHERE task_id = ? AND stage = ?",
-            [role, model, request_id, authority, contract_valid, replaced, now_us,
+            [role, model, owner_id, authority, contract_valid, replaced, now_us,
              task_id, stage],
         )  # fmt: skip
     else:
         tx.run(
             "INSERT INTO rolegate_stage_owners (task_id, stage, role, model, request_id,"
             " authority, contract_valid, replaced, at_us) VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?)",
-            [task_id, stage, role, model, request_id, authority, contract_valid, now_us],
+            [task_id, stage, role, model, owner_id, authority, contract_valid, now_us],
         )
     tx.run(
         "DELETE FROM rolegate_stage_claims WHERE task_id = ? AND stage = ? AND request_id = ?",
@@ -665,6 +670,7 @@ class SqlLedger(ABC):
         authority: str,
         contract_valid: bool | None,
         now: datetime,
+        output_request_id: str | None = None,
     ) -> None:
         args = _texts(
             task_id=task_id,
@@ -673,6 +679,7 @@ class SqlLedger(ABC):
             role=role,
             model=model,
             authority=authority,
+            output_request_id=output_request_id or request_id,
         )
         verdict = check_verdict(contract_valid)
         now_us = to_us(now)

@@ -107,8 +107,11 @@ class WorkStore(Protocol):
         authority: str,
         contract_valid: bool | None,
         now: datetime,
+        output_request_id: str | None = None,
     ) -> None:
         """Make the claim of ``request_id`` the stage's owner output and drop the claim.
+        ``output_request_id`` is the provider call that produced the output (default: the
+        claim's id).
 
         ``model`` is the one that ran (a declared fallback may differ from the claimed
         one). An earlier owner's model is appended to the stage's ``replaced`` history.

@@ -154,11 +154,14 @@ class MemoryWork:
         authority: str,
         contract_valid: bool | None,
         now: datetime,
+        output_request_id: str | None = None,
     ) -> None:
+        output_request_id = output_request_id or request_id
         for name, value in (
             ("task_id", task_id),
             ("stage", stage),
             ("request_id", request_id),
+            ("output_request_id", output_request_id),
             ("role", role),
             ("model", model),
             ("authority", authority),
@@ -177,7 +180,7 @@ class MemoryWork:
             task.owners[stage] = {
                 "role": role,
                 "model": model,
-                "request_id": request_id,
+                "request_id": output_request_id,
                 "authority": authority,
                 "contract_valid": verdict,
                 "authoritative": True,

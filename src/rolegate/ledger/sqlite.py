@@ -87,7 +87,7 @@ class SqliteLedger(SqlLedger):
             conn = self._connect("rwc")
             try:
                 # journal_mode cannot change inside a transaction; it persists in the file.
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                mode = self._journal_mode_wal(conn)
                 if str(mode).lower() != "wal":
                     raise LedgerError(
                         f"{self.description} cannot use WAL mode (got {mode!r}); put the ledger "
@@ -95,7 +95,7 @@ class SqliteLedger(SqlLedger):
                     )
                 # The missing migrations, in order, in one write transaction: a process
                 # opening the file at the same time waits, then finds them applied.
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin_immediate(conn)
                 try:
                     migrations.migrate(_SqliteTx(conn), "sqlite")
                     conn.execute("COMMIT")
@@ -107,6 +107,24 @@ class SqliteLedger(SqlLedger):
                 conn.close()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
+
+    def _journal_mode_wal(self, conn: sqlite3.Connection) -> object:
+        """PRAGMA journal_mode=WAL, retried while busy until busy_timeout.
+
+        Processes opening a new file at once race to switch it to WAL, and the loser gets
+        SQLITE_BUSY at once: SQLite does not call its busy handler for that switch.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.001
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.05)
 
     def _connect(self, mode: str) -> sqlite3.Connection:
         # mode=rw after the first open: a ledger file that vanished must not be silently

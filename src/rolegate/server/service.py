@@ -256,6 +256,7 @@ class Rolegate:
                 task_id=task_id,
                 stage=stage,
                 request_id=claim,
+                output_request_id=request_id,
                 role=role,
                 model=model,
                 authority=authority,
