@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ElicitResult
+from mcp_types import ElicitResult, ErrorData
 
 from rolegate.errors import RequestError
 from rolegate.ledger import Ledger, open_ledger
@@ -52,6 +52,15 @@ roles:
   narrow: {{model: dead-a, fallback: {{models: [tiny, echo-d], mode: auto}}}}
   hybrid: {{model: dead-a, fallback: {{models: [cloud-1, echo-d], mode: auto}}}}
   parrot: {{model: echo-d}}
+  planner:
+    model: echo-d
+    output_contract: plan
+    escalation: {{ladder: [cloud-1], when: [{{signal: confidence, op: lt, value: 0.75}}]}}
+contracts:
+  plan: {{required: [plan, confidence], confidence_field: confidence}}
+jobs:
+  nightly: {{role: parrot}}
+  daily: {{role: parrot}}
 channels:
   cli: {{kind: internal, streaming: true}}
   email: {{kind: external, streaming: false}}
@@ -135,8 +144,13 @@ async def test_a_decision_binds_job_channel_and_output_cap(server: MCPServer) ->
                             max_output_tokens=6)  # fmt: skip
         bound = await call(client, "run_role", role="parrot", prompt="a b c d e f g h",
                            decision_id=did)  # fmt: skip
+        for_job = await call(client, "route_task", task="hi", job="nightly")
+        other_job = await call(client, "run_role", role="parrot", prompt="a", job="daily",
+                               decision_id=for_job.structured_content["decision_id"])  # fmt: skip
     assert text(other_channel).startswith("INVALID_ARGUMENT: decision dec_")
     assert "channel 'email'" in text(other_channel)
+    assert text(other_job).startswith("INVALID_ARGUMENT: decision dec_")
+    assert "job 'nightly'" in text(other_job)
     assert text(bigger).startswith("INVALID_ARGUMENT")
     data = bound.structured_content
     assert data["streamed"] is False  # the decision's email channel forbids streaming
@@ -161,7 +175,9 @@ async def test_the_whole_declared_chain_is_walked_in_order(
     assert switches == [("dead-a", "dead-b"), ("dead-b", "dead-c"), ("dead-c", "echo-d")]
 
 
-async def test_every_step_is_rechecked_against_its_own_window(server: MCPServer) -> None:
+async def test_every_step_is_rechecked_against_its_own_window(
+    server: MCPServer, ledger: Ledger
+) -> None:
     async with Client(server, mode="legacy") as client:
         run = await call(client, "run_role", role="narrow", prompt="word " * 60)
     data = run.structured_content
@@ -170,6 +186,15 @@ async def test_every_step_is_rechecked_against_its_own_window(server: MCPServer)
         ("dead-a", "PROVIDER_UNAVAILABLE"),
         ("tiny", "OVER_BUDGET"),
         ("echo-d", "OK"),
+    ]
+    # No switch is recorded to the refused step, and the switch made says why it was made.
+    trail = [
+        (r["kind"], r["model"], r["to_model"], r["code"]) for r in reversed(ledger.recent_audit(20))
+        if r["kind"] in ("fallback", "fallback_refused")
+    ]  # fmt: skip
+    assert trail == [
+        ("fallback_refused", "tiny", None, "OVER_BUDGET"),
+        ("fallback", "dead-a", "echo-d", "PROVIDER_UNAVAILABLE"),
     ]
 
 
@@ -369,3 +394,53 @@ async def test_seed_000s_chain_is_walked_to_its_end(mac_mini: Policy, ledger: Le
         ("llama3.2-3b", "qwen2.5-7b"),
         ("qwen2.5-7b", "deepseek-coder-1.3b"),
     ]
+
+
+async def test_run_time_local_only_keeps_the_cloud_judge_rule(codex_server: MCPServer) -> None:
+    async with Client(codex_server, mode="legacy") as client:
+        routed = await call(client, "route_task", task="plan it", role="architect", risk="high")
+        run = await call(client, "run_role", role="architect", prompt="x", local_only=True,
+                         decision_id=routed.structured_content["decision_id"])  # fmt: skip
+    assert routed.structured_content["judge_required"] == "auditor"
+    assert text(run).startswith("CLOUD_JUDGE_REQUIRED: high-risk work needs the cloud judge")
+
+
+async def test_the_escalation_an_output_calls_for_obeys_local_only(
+    server: MCPServer, cloud: CountingEndpoint
+) -> None:
+    plan = '{"plan": 1, "confidence": 0.1}'
+    async with Client(server, mode="legacy") as client:
+        free = await call(client, "run_role", role="planner", prompt=plan)
+        private = await call(client, "run_role", role="planner", prompt=plan, local_only=True)
+    assert free.structured_content["escalation"]["to_model"] == "cloud-1"
+    escalation = private.structured_content["escalation"]
+    assert (escalation["escalate"], escalation["code"]) == (False, "LOCAL_ONLY_VIOLATION")
+    assert cloud.connections == 0
+
+
+async def test_streamed_is_false_when_the_client_asked_for_no_progress(
+    server: MCPServer,
+) -> None:
+    async with Client(server, mode="legacy") as client:
+        run = await call(client, "run_role", role="parrot", prompt="a b c", channel="cli")
+    assert run.structured_content["streamed"] is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "maybe"])
+async def test_a_flag_signal_takes_only_true_or_false(codex_server: MCPServer, value: Any) -> None:
+    async with Client(codex_server, mode="legacy") as client:
+        result = await call(client, "escalate", role="librarian", tool_heavy=value)
+    assert text(result).startswith("INVALID_ARGUMENT: invalid arguments for escalate: tool_heavy")
+
+
+async def test_a_client_that_fails_the_consent_question_gets_needs_consent(
+    server: MCPServer,
+) -> None:
+    async def broken(context: Any, params: Any) -> ErrorData:
+        return ErrorData(code=-32603, message="the client fell over")
+
+    async with Client(server, mode="legacy", elicitation_callback=broken) as client:
+        run = await call(client, "run_role", role="asking", prompt="hello")
+        alive = await call(client, "route_task", task="hello", role="parrot")
+    assert text(run).startswith("NEEDS_CONSENT: the client could not answer")
+    assert alive.structured_content["code"] == "ROUTED"

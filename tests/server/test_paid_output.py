@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from rolegate.policy import load_policy
 from rolegate.policy.schema import Provider
 from rolegate.server.app import build_server
 from rolegate.server.bootstrap import build_service
+from rolegate.server.spool import Spool
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +49,11 @@ roles:
   paid: {model: echo-1}
 contracts:
   plan: {required: [plan]}
+pipeline:
+  stages:
+    - {name: plan, owner: planner, max_retries: 1}
+jobs:
+  tight: {role: planner, budgets: [{window: day, tokens: 600}]}
 budgets:
   - {scope: global, window: day, usd: "1.00"}
 """
@@ -117,6 +124,7 @@ def _server(tmp_path: Path, ledger: SqliteLedger, during_call: Callable[[], None
     [
         ("[" * 3000, "nested too deeply"),
         ('{"plan": ' + "1" * 5000 + "}", "not usable JSON"),
+        ('{"plan": ' + "[" * 400 + "]" * 400 + "}", "nested deeper than 64 levels"),
     ],
 )
 async def test_output_that_breaks_the_checker_is_returned_with_the_violation(
@@ -164,3 +172,42 @@ async def test_spend_the_ledger_cannot_take_is_spooled_and_committed_later(
     scopes = (await service.check_budget()).scopes
     spent = {s.id: s.spent_usd_micro for s in scopes}["global:*:day"]
     assert spent == data["cost_micro"] + after.structured_content["cost_micro"]
+
+
+async def test_a_validation_retry_that_fails_keeps_the_output_already_paid_for(
+    tmp_path: Path, ledger: SqliteLedger
+) -> None:
+    server, _ = _server(tmp_path, ledger, lambda: None)
+    words = "word " * 100
+    async with Client(server, mode="legacy") as client:
+        # The output breaks the contract; the retry cannot fit the job's 600-token budget.
+        result = await client.call_tool(
+            "run_role",
+            {"role": "planner", "job": "tight", "prompt": words, "max_output_tokens": 100,
+             "task_id": "t1", "stage": "plan"},
+        )  # fmt: skip
+    assert not result.is_error, result.content
+    data = result.structured_content
+    assert data["output"] == words.strip()
+    assert data["attempts"] == 1
+    assert data["warnings"][0].startswith("BUDGET_EXHAUSTED: validation retry 2 failed")
+
+
+def test_a_spooled_charge_the_ledger_cannot_take_is_set_aside(
+    tmp_path: Path, ledger: SqliteLedger
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.put("req_never_reserved", cost_micro=5, tokens=5, at=datetime.now(UTC), audit={})
+    assert spool.drain(ledger) == 0
+    assert spool.pending() == []  # admission is not wedged by it...
+    (aside,) = (tmp_path / "spool" / "quarantine").iterdir()  # ...and a person can find it
+    assert aside.name == "req_never_reserved.json"
+
+
+def test_a_repeated_commit_writes_no_second_audit_record(ledger: SqliteLedger) -> None:
+    now = datetime.now(UTC)
+    ledger.reserve(request_id="req_1", owner="o", lines=[], cost_micro=1, tokens=1, now=now,
+                   lease_s=60)  # fmt: skip
+    for _ in range(3):
+        ledger.commit("req_1", cost_micro=1, tokens=1, now=now, audit={"kind": "call"})
+    assert [r["kind"] for r in ledger.recent_audit(10)] == ["call"]

@@ -145,7 +145,8 @@ def do_reserve(
     )  # fmt: skip
 
 
-def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> None:
+def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: datetime) -> bool:
+    """Charge the request; False (and nothing written) when it was committed already."""
     _check_amounts(cost_micro, tokens)
     found = load(tx, request_id, lock=True)
     if found is None:
@@ -154,7 +155,7 @@ def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: dat
             code=Code.INVALID_ARGUMENT,
         )
     if found.state == "committed":
-        return  # idempotent: the first commit's charge stands
+        return False  # idempotent: the first commit's charge stands
     # Released or expired reservations are still charged: the provider call did happen.
     tx.lock_lines(sorted(found.line_ids))
     tx.run("DELETE FROM rolegate_charges WHERE request_id = ?", [request_id])
@@ -168,6 +169,7 @@ def do_commit(tx: Tx, request_id: str, *, cost_micro: int, tokens: int, now: dat
         " charged_tokens = ?, settled_us = ? WHERE request_id = ?",
         [cost_micro, tokens, to_us(now), request_id],
     )
+    return True
 
 
 def do_release(tx: Tx, request_id: str, now: datetime) -> None:
@@ -594,8 +596,8 @@ class SqlLedger(ABC):
         _check_amounts(cost_micro, tokens)
         encoded = None if audit is None else audit_json(audit)
         with self._transaction(write=True) as tx:
-            do_commit(tx, request_id, cost_micro=cost_micro, tokens=tokens, now=now)
-            do_audit(tx, encoded)
+            if do_commit(tx, request_id, cost_micro=cost_micro, tokens=tokens, now=now):
+                do_audit(tx, encoded)  # a repeated commit records nothing twice
 
     def release(
         self, request_id: str, now: datetime, *, audit: Mapping[str, object] | None = None

@@ -9,6 +9,8 @@ from typing import Any
 
 from rolegate.policy.schema import Contract
 
+#: Deeper structured output is a violation (returned as text, never parsed into a result).
+MAX_DEPTH = 64
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
 
 
@@ -34,6 +36,8 @@ def check_output(contract: Contract, text: str) -> ContractResult:
         return ContractResult(False, None, ("not usable JSON: nested too deeply",))
     except ValueError as exc:  # e.g. an integer over Python's digit limit
         return ContractResult(False, None, (f"not usable JSON: {str(exc)[:200]}",))
+    if _depth(data) > MAX_DEPTH:
+        return ContractResult(False, None, (f"nested deeper than {MAX_DEPTH} levels",))
     if not isinstance(data, dict):
         return ContractResult(False, None, (f"expected a JSON object, got {type(data).__name__}",))
     errors = [f"missing required key {k!r}" for k in contract.required if k not in data]
@@ -70,3 +74,17 @@ def _is_type(value: object, kind: str) -> bool:
     if kind == "array":
         return isinstance(value, list)
     return isinstance(value, dict)  # "object"
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest, without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:
+                inner = item.values() if isinstance(item, dict) else item
+                stack.extend((child, level + 1) for child in inner)
+    return deepest

@@ -62,8 +62,15 @@ async def reserve(
         await anyio.to_thread.run_sync(lambda: ledger.sweep(now))
     spool = service.spool
     if spool is not None and spool.pending():
-        # Spend that could not be committed earlier counts before anything new is admitted.
+        # Spend that could not be committed earlier counts before anything new is admitted;
+        # while any of it is still waiting, admission fails closed.
         await anyio.to_thread.run_sync(lambda: spool.drain(ledger))
+        if spool.pending():
+            raise LedgerError(
+                f"spend of {len(spool.pending())} earlier call(s) is waiting in "
+                f"{spool.directory} because the ledger {ledger.description} could not take it; "
+                "admission fails closed until it does"
+            )
     info = call.info
     lines = service.policy.budgets_touching(
         job=job, role=role, model=info.id, provider=info.model.provider

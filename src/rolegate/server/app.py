@@ -64,7 +64,7 @@ def _signal_parameters() -> list[inspect.Parameter]:
     out = []
     for name in signal_names():
         spec = SIGNALS[name]
-        field = Field(description=spec.description, **_SIGNAL_BOUNDS[spec.kind])
+        field = Field(description=spec.description, strict=True, **_SIGNAL_BOUNDS[spec.kind])
         kind: Any = _SIGNAL_TYPES[spec.kind]
         annotation: Any = Annotated[kind | None, field]
         out.append(inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation))
@@ -267,6 +267,8 @@ def build_server(service: Rolegate) -> MCPServer:
         route_task,
         description="Classify a task and pick the lowest-cost model the policy allows for it, "
         "or refuse with a reason code. Returns the decision and a decision_id.",
+        # Read-only for the world: the decision record it keeps is the server's bookkeeping,
+        # like its audit line, so clients may run it without asking.
         annotations=ToolAnnotations(
             read_only_hint=True, idempotent_hint=True, open_world_hint=False, title="Route task"
         ),

@@ -18,6 +18,7 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import BaseModel, ValidationError
 
@@ -77,6 +78,15 @@ class GatedServer(MCPServer):
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:  # UnexpectedToolError is a ToolError too
             return _from_tool_error(name, exc)
+        except MCPError as exc:
+            # Raised through a resolver when the client fails the consent question (an error
+            # answer, or a form it cannot show): nobody consented.
+            log.info("consent_unanswered", tool=name, mcp_code=exc.error.code)
+            return failure(
+                Code.NEEDS_CONSENT,
+                "the client could not answer the consent question this call needs; answer it, "
+                "or use a client that supports form elicitation",
+            )
 
 
 def _from_tool_error(tool: str, exc: ToolError) -> CallToolResult:

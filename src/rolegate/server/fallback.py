@@ -89,9 +89,16 @@ async def call_with_fallback(
         step_info = runner.policy.models[mid]
         if not await walk.allowed(step_info):
             continue
+        # Every rule first (context + reserve, budgets), then consent, then the reservation:
+        # nobody is asked about, and no switch is recorded to, a step that is refused.
+        try:
+            call = await runner.check(service, step_info, chat, limits)
+        except RefusedError as exc:
+            await walk.refused(step_info, exc.code, exc.message)
+            continue
         await walk.approve(step_info, ctx)
         try:
-            call = await runner.admit(service, step_info, chat, limits)
+            await runner.reserve(service, call, limits)
         except RefusedError as exc:
             await walk.refused(step_info, exc.code, exc.message)
             continue
@@ -125,7 +132,8 @@ class _Walk:
         self.primary = primary
         self.reason = str(failure.code)
         self.current = primary
-        self.last: RolegateError = failure
+        self.failure: ProviderError = failure  # why the current model is being left
+        self.last: RolegateError = failure  # what ended the last step, for an exhausted chain
         self.consent = consent
         self.how = "auto"
         self.path = [FallbackStep(model=primary.id, code=str(failure.code), outcome="failed")]
@@ -146,7 +154,7 @@ class _Walk:
 
     def failed(self, info: ModelInfo, exc: ProviderError) -> None:
         self.path.append(FallbackStep(model=info.id, code=str(exc.code), outcome="failed"))
-        self.current, self.last = info, exc
+        self.current, self.failure, self.last = info, exc, exc
 
     async def approve(self, info: ModelInfo, ctx: Any) -> None:
         """Consent for this step where the chain asks, or raise NEEDS_CONSENT."""
@@ -158,7 +166,7 @@ class _Walk:
                 raise self._needs_consent(info, "the user declined")
             self.how = "user"
         else:
-            why = str(self.last.code)
+            why = str(self.failure.code)
             granted = await self.service.ask_consent(ctx, self.current.id, info.id, why)
             if granted is not True:
                 reason = "the user declined" if granted is False else "this client cannot be asked"
@@ -169,11 +177,12 @@ class _Walk:
             role=self.limits.role,
             from_model=self.current.id,
             to_model=info.id,
-            reason=str(self.last.code),
+            reason=str(self.failure.code),
             consent=self.how,
             policy_hash=self.policy.hash,
         )
-        await self.service.audit(self._record("fallback", self.current, str(self.last.code), info))
+        code = str(self.failure.code)
+        await self.service.audit(self._record("fallback", self.current, code, info))
 
     def done(self, info: ModelInfo) -> FallbackInfo:
         self.path.append(FallbackStep(model=info.id, code="OK", outcome="ok", consent=self.how))
@@ -194,7 +203,7 @@ class _Walk:
 
     def _needs_consent(self, info: ModelInfo, reason: str) -> RefusedError:
         return RefusedError(
-            f"{self.current.id} failed ({self.last}) and the policy says ask before "
+            f"{self.current.id} failed ({self.failure}) and the policy says ask before "
             f"switching to {info.id}; {reason}. Retry after consenting to {info.id}, or wait "
             f"for {self.current.id}",
             code=Code.NEEDS_CONSENT,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rolegate.errors import LedgerError
+from rolegate.errors import RolegateError
 from rolegate.plugins.base import ChatResult
-from rolegate.policy import Policy
+from rolegate.policy import BudgetSnapshot, Policy
 from rolegate.policy.contracts import check_output
 from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
 from rolegate.server.accounting import Call
@@ -32,16 +32,27 @@ def contract_report(
 
 
 def output_escalation(
-    policy: Policy, role: str, job: str | None, confidence: float | None, current_step: int
+    policy: Policy,
+    limits: Constraints,
+    confidence: float | None,
+    current_step: int,
+    snapshot: BudgetSnapshot,
 ) -> EscalationDecision | None:
-    """The escalation the output's own confidence triggers, if a predicate fires."""
-    if confidence is None or not policy.doc.roles[role].escalation.when:
+    """The escalation the output's own confidence triggers, if a predicate fires, under the
+    run's constraints (local_only, job, output cap) and the budgets as they stand."""
+    if confidence is None or not policy.doc.roles[limits.role].escalation.when:
         return None
     decision = escalate(
         EscalationRequest(
-            role=role, signals={"confidence": confidence}, job=job, current_step=current_step
+            role=limits.role,
+            signals={"confidence": confidence},
+            job=limits.job,
+            local_only=limits.local_only,
+            current_step=current_step,
+            max_output_tokens=limits.max_output,
         ),
         policy,
+        snapshot,
     )
     return decision if decision.fired else None
 
@@ -99,9 +110,15 @@ async def finish_run(
                 claim=claim,
                 contract_valid=None if report is None else report.valid,
             )
-    except LedgerError as exc:
+    except RolegateError as exc:  # the ledger failed, or the claim's lease ran out
         warnings.append(f"{exc.code}: the task record could not be written: {exc.message}")
-    escalation = output_escalation(policy, role, limits.job, confidence, step)
+    try:
+        snapshot = await service.snapshot()
+    except RolegateError as exc:
+        warnings.append(f"{exc.code}: the escalation this output may call for was not checked "
+                        f"against the budgets: {exc.message}")  # fmt: skip
+    else:
+        escalation = output_escalation(policy, limits, confidence, step, snapshot)
     log.info(
         "run_role",
         role=role,

@@ -134,10 +134,20 @@ async def resolve_constraints(
         )
     if channel is not None and channel not in doc.channels:
         raise RequestError(f"unknown channel {channel!r}", code=Code.UNKNOWN_CHANNEL)
+    local_only = local_only or service.policy.is_local_only(job)
+    judge = doc.risk.judge_role if risk == "high" else None
+    if judge is not None and local_only:
+        judge_model = service.policy.models[doc.roles[judge].model]
+        if judge_model.locality == "cloud":
+            raise RefusedError(
+                f"high-risk work needs the cloud judge {judge!r} ({judge_model.id}), but "
+                "local_only forbids cloud calls",
+                code=Code.CLOUD_JUDGE_REQUIRED,
+            )
     return Constraints(
         role=role,
         job=job,
-        local_only=local_only or service.policy.is_local_only(job),
+        local_only=local_only,
         channel=channel or doc.defaults.channel,
         risk=risk,
         needs=needs,
@@ -274,9 +284,16 @@ async def _calls(
             policy_hash=policy.hash,
         )
         fallback_from = call.context.get("fallback_from")
-        call = await runner.admit(service, call.info, chat, limits)
-        call.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
-        result = await runner.invoke(service, call, chat, limits, ctx=ctx)
+        try:
+            retry = await runner.admit(service, call.info, chat, limits)
+            retry.context.update(context, attempt=attempts + 1, fallback_from=fallback_from)
+            retried = await runner.invoke(service, retry, chat, limits, ctx=ctx)
+        except RolegateError as exc:
+            # The output already paid for stands; the failed retry is a warning.
+            call.warnings.append(f"{exc.code}: validation retry {attempts + 1} failed: "
+                                 f"{exc.message}")  # fmt: skip
+            break
+        call, result = retry, retried
         attempts += 1
         retries -= 1
     return call, result, fallback, attempts

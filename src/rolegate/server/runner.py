@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
 from rolegate.errors import Code, ProviderError, RefusedError
 from rolegate.plugins.base import ChatRequest, ChatResult, Message, ProviderClient
@@ -150,6 +151,14 @@ class Runner:
         self, service: Rolegate, info: ModelInfo, messages: list[Message], limits: Constraints
     ) -> _Call:
         """Check every rule for this model and reserve the worst case, or raise."""
+        call = await self.check(service, info, messages, limits)
+        await self.reserve(service, call, limits)
+        return call
+
+    async def check(
+        self, service: Rolegate, info: ModelInfo, messages: list[Message], limits: Constraints
+    ) -> _Call:
+        """Every rule for this model and this input, without reserving anything; or raise."""
         # Locality, allowlist and capabilities first, with no tokens: a forbidden server is
         # never contacted, not even to count tokens.
         self._refuse_if(service, info, limits, tokens=0, max_output=0, snapshot=_NO_USAGE)
@@ -159,15 +168,17 @@ class Runner:
         self._refuse_if(
             service, info, limits, tokens=tokens, max_output=max_output, snapshot=snapshot
         )
-        call = _Call("req_" + uuid.uuid4().hex, info, tokens, exact, max_output)
-        if service.ledger is not None:
-            timeout = (
-                info.model.timeout_s or self.policy.doc.providers[info.model.provider].timeout_s
-            )
-            await reserve(
-                service, call, role=limits.role, job=limits.job, lease_s=timeout + LEASE_MARGIN_S
-            )
-        return call
+        return _Call("req_" + uuid.uuid4().hex, info, tokens, exact, max_output)
+
+    async def reserve(self, service: Rolegate, call: _Call, limits: Constraints) -> None:
+        """Hold the call's worst case in the ledger (BUDGET_EXHAUSTED if it no longer fits)."""
+        if service.ledger is None:
+            return
+        info = call.info
+        timeout = info.model.timeout_s or self.policy.doc.providers[info.model.provider].timeout_s
+        await reserve(
+            service, call, role=limits.role, job=limits.job, lease_s=timeout + LEASE_MARGIN_S
+        )
 
     async def invoke(
         self,
@@ -198,7 +209,8 @@ class Runner:
             temperature=role_def.temperature,
             keep_alive=info.model.keep_alive,
         )
-        stream_to = ctx if streaming_allowed(self.policy, limits.channel, info) else None
+        allowed = streaming_allowed(self.policy, limits.channel, info)
+        stream_to = ctx if allowed and _wants_progress(ctx) else None
         chunks = 0
 
         async def on_delta(delta: str) -> None:
@@ -253,6 +265,20 @@ class Runner:
         except (ProviderError, TimeoutError):
             return False
         return True
+
+
+def _wants_progress(ctx: Any) -> bool:
+    """Did the client ask for progress? Without that the SDK sends nothing, so nothing may be
+    reported as streamed. On the wire the ask is a progress token in the request; an
+    in-process client hands its callback to the request's channel instead (the SDK keeps
+    either on that channel; unknown channels count as not asking)."""
+    request = getattr(ctx, "request_context", None)
+    if progress_token_from_params(getattr(request, "params", None)) is not None:
+        return True
+    channel = getattr(getattr(request, "session", None), "_request_outbound", None)
+    channel = getattr(channel, "_inner", channel)  # the 2026 era wraps the request's channel
+    held = (getattr(channel, name, None) for name in ("_progress_token", "_on_progress"))
+    return any(value is not None for value in held)
 
 
 class _NoLane:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from rolegate.errors import LedgerError
+from rolegate.errors import LedgerError, RolegateError
 from rolegate.ledger import Ledger, SqliteLedger, default_path
 from rolegate.server.logs import get_logger
 
@@ -87,13 +87,6 @@ class Spool:
         for path in self.pending():
             try:
                 entry = json.loads(path.read_text())
-            except FileNotFoundError:
-                continue  # another process drained it first
-            except ValueError:
-                # A torn file cannot happen (written then renamed); keep it for a person.
-                log.error("spool_unreadable", file=str(path))  # noqa: TRY400 - no traceback
-                continue
-            try:
                 ledger.commit(
                     entry["request_id"],
                     cost_micro=int(entry["cost_micro"]),
@@ -101,10 +94,28 @@ class Spool:
                     now=datetime.fromisoformat(entry["at"]),
                     audit={**entry["audit"], "spooled": True},
                 )
+            except FileNotFoundError:
+                continue  # another process drained it first
             except LedgerError:
                 return done  # still down: try again at the next admission
+            except (RolegateError, ValueError, KeyError, TypeError) as exc:
+                # The ledger answers but cannot take this charge (e.g. it was replaced and
+                # no longer knows the reservation): set it aside for a person, loudly.
+                self._quarantine(path, exc)
+                continue
             path.unlink(missing_ok=True)
             done += 1
         if done:
             log.info("spool_drained", charges=done)
         return done
+
+    def _quarantine(self, path: Path, exc: Exception) -> None:
+        aside = self.directory / "quarantine"
+        aside.mkdir(exist_ok=True)
+        os.replace(path, aside / path.name)
+        log.error(
+            "spool_entry_quarantined",
+            file=str(aside / path.name),
+            error_type=type(exc).__name__,
+            code=str(getattr(exc, "code", "")),
+        )
