@@ -70,6 +70,8 @@ class BudgetSnapshot:
 
 
 _EMPTY = ScopeUsage()
+#: Usage where nothing was spent or reserved (no ledger, or checks made before counting).
+NO_USAGE = BudgetSnapshot()
 
 
 class PolicyRef(OutputModel):

@@ -16,7 +16,13 @@ from pydantic import Field
 
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import ModelInfo, Policy
-from rolegate.policy.decision import BudgetSnapshot, OutputModel, PolicyRef, Rejection
+from rolegate.policy.decision import (
+    NO_USAGE,
+    BudgetSnapshot,
+    OutputModel,
+    PolicyRef,
+    Rejection,
+)
 from rolegate.policy.limits import SignalValue, validate_signals
 from rolegate.policy.router import check_model
 from rolegate.policy.schema import Predicate
@@ -166,7 +172,7 @@ def escalate(
             message="no escalation predicate fired; stay on the current model",
             **base,
         )
-    snapshot = budget or BudgetSnapshot()
+    snapshot = budget or NO_USAGE
     rejected: list[Rejection] = []
     for step in range(req.current_step, len(ladder)):
         info = policy.models[ladder[step]]

@@ -14,6 +14,7 @@ from typing import Any
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import CompiledIntent, ModelInfo, Policy
 from rolegate.policy.decision import (
+    NO_USAGE,
     BudgetSnapshot,
     Decision,
     PolicyRef,
@@ -33,7 +34,6 @@ _STAGES = (
     Code.OVER_BUDGET,
     Code.BUDGET_EXHAUSTED,
 )
-_EMPTY_SNAPSHOT = BudgetSnapshot()
 
 
 def classify(policy: Policy, task: str) -> CompiledIntent | None:
@@ -86,6 +86,10 @@ class Refusal:
         self.code = code
         self.reason = reason
         self.stage = _STAGES.index(code)
+
+    def sentence(self, model_id: str) -> str:
+        """The refusal as a sentence about ``model_id`` (OVER_BUDGET already names it)."""
+        return self.reason if self.code == Code.OVER_BUDGET else f"{model_id} {self.reason}"
 
 
 def check_model(
@@ -156,7 +160,7 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
     """
     _validate(request, policy)
     doc = policy.doc
-    snapshot = budget or _EMPTY_SNAPSHOT
+    snapshot = budget or NO_USAGE
     ref = PolicyRef(name=doc.name, revision=doc.revision, hash=policy.hash)
     reasons: list[str] = []
     job = doc.jobs.get(request.job) if request.job else None
@@ -271,13 +275,10 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
                 role=role,
             )
         refusal, info = best
-        message = (
-            refusal.reason if refusal.code == Code.OVER_BUDGET else f"{info.id} {refusal.reason}"
-        )
         return base.decide(
             outcome="refuse",
             code=refusal.code,
-            message=message,
+            message=refusal.sentence(info.id),
             role=role,
             **_describe(info),
             tokens=_token_count(info, input_tokens, method, task_tokens, context_tokens),

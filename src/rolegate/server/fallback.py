@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from rolegate.errors import Code, ProviderError, RefusedError, RolegateError
 from rolegate.plugins.base import ChatResult, Message
-from rolegate.policy import BudgetSnapshot, Policy
+from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
+from rolegate.policy.decision import NO_USAGE
 from rolegate.policy.router import fallback_refusal
 from rolegate.server.accounting import Call
 from rolegate.server.constraints import Constraints
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from rolegate.server.service import Rolegate
 
 log = get_logger()
-_NO_USAGE = BudgetSnapshot()
 
 
 def declared_steps(policy: Policy, role: str, failed: str) -> list[str]:
@@ -59,7 +59,7 @@ def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Any
         needs=limits.needs,
         input_tokens=0,
         max_output=0,
-        snapshot=_NO_USAGE,
+        snapshot=NO_USAGE,
     )
 
 

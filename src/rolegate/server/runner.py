@@ -24,7 +24,7 @@ from rolegate.plugins.base import ChatRequest, ChatResult, Message, ProviderClie
 from rolegate.plugins.manager import Registry
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
-from rolegate.policy.decision import BudgetSnapshot
+from rolegate.policy.decision import NO_USAGE, BudgetSnapshot
 from rolegate.policy.router import check_model, streaming_allowed
 from rolegate.policy.tokens import estimate_tokens
 from rolegate.server.accounting import Call as _Call
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = get_logger()
 LEASE_MARGIN_S = 30.0
-_NO_USAGE = BudgetSnapshot()
 
 
 class Runner:
@@ -140,12 +139,7 @@ class Runner:
             needs=limits.needs,
         )
         if refusal is not None:
-            text = (
-                refusal.reason
-                if refusal.code == Code.OVER_BUDGET
-                else f"{info.id} {refusal.reason}"
-            )
-            raise RefusedError(text, code=refusal.code)
+            raise RefusedError(refusal.sentence(info.id), code=refusal.code)
 
     async def admit(
         self, service: Rolegate, info: ModelInfo, messages: list[Message], limits: Constraints
@@ -161,7 +155,7 @@ class Runner:
         """Every rule for this model and this input, without reserving anything; or raise."""
         # Locality, allowlist and capabilities first, with no tokens: a forbidden server is
         # never contacted, not even to count tokens.
-        self._refuse_if(service, info, limits, tokens=0, max_output=0, snapshot=_NO_USAGE)
+        self._refuse_if(service, info, limits, tokens=0, max_output=0, snapshot=NO_USAGE)
         tokens, exact = await self.count(info, messages)
         snapshot = await service.snapshot()
         max_output = limits.max_output

@@ -22,7 +22,7 @@ from rolegate.errors import (
 from rolegate.ledger.base import Ledger, WorkStore
 from rolegate.ledger.memory import MemoryWork
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
-from rolegate.policy.decision import PolicyRef, Risk
+from rolegate.policy.decision import NO_USAGE, PolicyRef, Risk
 from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
 from rolegate.policy.limits import SignalValue, check_count, check_name
 from rolegate.server.budget_report import call_check, scope_report
@@ -115,7 +115,7 @@ class Rolegate:
     async def snapshot(self) -> BudgetSnapshot:
         """Usage per budget line, read off the event loop (a ledger read may wait on I/O)."""
         if not self.policy.budgets:
-            return BudgetSnapshot()
+            return NO_USAGE
         usage, now = self.usage, self.clock()
         return await anyio.to_thread.run_sync(lambda: usage.snapshot(self.policy, now))
 
