@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -620,3 +621,19 @@ def test_an_unreachable_ledger_fails_the_work_store_closed(
             assert caught.value.code == Code.BUDGET_UNAVAILABLE
     finish(ledger, "r1")
     assert owner_of(ledger)["request_id"] == "r1"
+
+
+def test_another_role_escalating_itself_cannot_take_over_a_stage(work: Any) -> None:
+    now = datetime.now(UTC)
+    work.claim_stage(task_id="t", stage="notes", role="librarian", model="m1",
+                     request_id="r1", now=now, lease_s=60)  # fmt: skip
+    work.finish_stage(task_id="t", stage="notes", request_id="r1", role="librarian",
+                      model="m1", authority="owner", contract_valid=None, now=now)  # fmt: skip
+    assert work.record_escalation(task_id="t", role="architect", step=0, provenance_id="e1",
+                                  from_model="m2", to_model="m3", fired=["scope_large"],
+                                  policy_hash="h", consent=None, now=now)  # fmt: skip
+    with pytest.raises(RefusedError) as refused:
+        work.claim_stage(task_id="t", stage="notes", role="architect", model="m3",
+                         request_id="r2", now=now, lease_s=60)  # fmt: skip
+    assert refused.value.code == "CONSENSUS_FORBIDDEN"
+    assert work.task_view("t")["stages"]["notes"]["role"] == "librarian"

@@ -38,6 +38,9 @@ roles:
   first: {{model: gemma-a}}
   second: {{model: gemma-b}}
 lanes: {{heavy: {heavy}}}
+channels:
+  cli: {{kind: internal, streaming: true}}
+defaults: {{channel: cli}}
 budgets:
   - {{scope: global, window: day, tokens: 1000000}}
 """

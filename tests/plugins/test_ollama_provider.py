@@ -195,6 +195,7 @@ async def test_cancellation_stops_the_upstream_generation(
                     "role": "writer",
                     "prompt": "Write a very long story about a lighthouse keeper.",
                     "max_output_tokens": 800,
+                    "channel": "cli",
                 },
                 progress_callback=progress,
             )

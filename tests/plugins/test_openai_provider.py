@@ -36,6 +36,9 @@ models:
 roles:
   writer: {{model: gemma}}
   hasty: {{model: gemma-hasty}}
+channels:
+  cli: {{kind: internal, streaming: true}}
+defaults: {{channel: cli}}
 """
 
 

@@ -194,6 +194,9 @@ models:
            timeout_s: 120, streaming: {{internal: true}}}}
 roles:
   writer: {{model: gemma}}
+channels:
+  cli: {{kind: internal, streaming: true}}
+defaults: {{channel: cli}}
 """
 
 

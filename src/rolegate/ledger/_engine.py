@@ -333,12 +333,18 @@ def do_claim_stage(
             "this run tried to claim it; retry"
         )
     owner = tx.rows(
-        "SELECT model FROM rolegate_stage_owners WHERE task_id = ? AND stage = ?" + tx.for_update,
+        "SELECT model, role FROM rolegate_stage_owners WHERE task_id = ? AND stage = ?"
+        + tx.for_update,
         [task_id, stage],
     )
     if owner:
-        (owner_model,) = owner[0]
-        if owner_model == model or _current_model(tx, task_id, role) != model:
+        owner_model, owner_role = owner[0]
+        # Only the owning role, escalated to a new model, may replace its own output.
+        if (
+            owner_role != role
+            or owner_model == model
+            or _current_model(tx, task_id, role) != model
+        ):
             raise owner_refusal(task_id, stage, owner_model)  # rolls our claim back too
     if held is None:
         return  # inserted

@@ -135,7 +135,9 @@ class MemoryWork:
             if task is not None:
                 owner = task.owners.get(stage)
                 if owner is not None and (
-                    owner["model"] == model or task.current_model(role) != model
+                    owner["role"] != role
+                    or owner["model"] == model
+                    or task.current_model(role) != model
                 ):
                     raise owner_refusal(task_id, stage, owner["model"])
                 held = task.claims.get(stage)

@@ -12,6 +12,7 @@ It also writes the one log line per call (ids, codes, counts, timing; never text
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,17 +30,41 @@ log = get_logger()
 _SHOWN_NAME_CHARS = 64
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 transport can carry: a model's broken
+    output, or a caller's) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _encodable_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, dict):
+        return {encodable(str(k)): _encodable_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable_data(v) for v in value]
+    return value
+
+
 def ok(result: BaseModel) -> CallToolResult:
     """A tool's result: compact JSON text plus the same data as structured content."""
     data = result.model_dump(mode="json")
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(data, separators=(",", ":")))],
-        structured_content=data,
-    )
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if encodable(text) is not text:  # rare: only then walk the data
+        data = _encodable_data(data)
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 def failure(code: Code, sentence: str) -> CallToolResult:
-    text = f"{code}: {sentence}"
+    text = encodable(f"{code}: {sentence}")
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 

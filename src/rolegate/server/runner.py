@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,6 +30,7 @@ from rolegate.policy.router import check_model, streaming_allowed
 from rolegate.policy.tokens import estimate_tokens
 from rolegate.server.accounting import Call as _Call
 from rolegate.server.accounting import reserve, settle
+from rolegate.server.boundary import encodable
 from rolegate.server.constraints import Constraints
 from rolegate.server.logs import get_logger
 from rolegate.server.models import RunResult
@@ -212,7 +214,7 @@ class Runner:
             chunks += 1
             if stream_to is not None:
                 call.streamed = True
-                await stream_to.report_progress(chunks, None, delta)
+                await stream_to.report_progress(chunks, None, encodable(delta))
 
         result: ChatResult | None = None
         partial: int | None = None
@@ -221,6 +223,7 @@ class Runner:
         try:
             async with self._model_slots[info.id], self._lane(info):
                 result = await self.client(info.model.provider).chat(request, on_delta)
+            result = replace(result, text=encodable(result.text))
             code = "OK"
         except ProviderError as exc:
             partial, code = exc.partial_output_tokens, str(exc.code)
