@@ -5,6 +5,7 @@ caller can cause are always ``CODE: sentence``."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,76 @@ async def test_a_client_that_fails_the_consent_question_gets_needs_consent(
         alive = await call(client, "route_task", task="hello", role="parrot")
     assert text(run).startswith("NEEDS_CONSENT: the client could not answer")
     assert alive.structured_content["code"] == "ROUTED"
+
+
+async def test_tool_arguments_take_exactly_their_kind(server: MCPServer) -> None:
+    async with Client(server, mode="legacy") as client:
+        results = [
+            await call(client, "route_task", task="x", local_only=1),
+            await call(client, "route_task", task="x", context_tokens=5.5),
+            await call(client, "run_role", role="parrot", prompt="x", local_only="yes"),
+            await call(client, "escalate", role="parrot", local_only=1),
+        ]
+    for result in results:
+        assert text(result).startswith("INVALID_ARGUMENT: invalid arguments for"), text(result)
+
+
+async def test_a_task_resource_error_is_coded_and_echoes_nothing(server: MCPServer) -> None:
+    marker = "MARKER-9d1c"
+    async with Client(server, mode="legacy") as client:
+        for uri in (f"rolegate://tasks/{marker}", f"rolegate://tasks/{'t' * 200}"):
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - the SDK's MCPError
+                await client.read_resource(uri)
+            message = str(caught.value)
+            assert re.match(r"^(UNKNOWN_TASK|INVALID_ARGUMENT): ", message), message
+            assert marker not in message
+
+
+PROBE = """
+version: 1
+name: probe-test
+providers:
+  echo: {{type: echo, base_url: "echo://", locality: local}}
+  cloud: {{type: openai, base_url: "http://127.0.0.1:{cloud}/v1", locality: cloud,
+           api_key_env: CLOUD_KEY, max_retries: 0, connect_timeout_s: 1}}
+models:
+  echo-d: {{provider: echo, name: echo-d, context_window: 4096, reserve_tokens: 512}}
+  kimi: {{provider: cloud, name: kimi, context_window: 100000, reserve_tokens: 512,
+          premium: true}}
+  cheap: {{provider: cloud, name: cheap, context_window: 100000, reserve_tokens: 512,
+           price: {{input_per_mtok: "1", output_per_mtok: "1"}}}}
+roles:
+  premium_ask: {{model: kimi, fallback: {{models: [echo-d], mode: ask}}}}
+  capped_ask: {{model: cheap, fallback: {{models: [echo-d], mode: ask}}}}
+jobs:
+  capped: {{role: capped_ask, budgets: [{{window: day, tokens: 1}}]}}
+"""
+
+
+async def test_the_consent_probe_never_contacts_a_server_the_run_may_not_use(
+    tmp_path: Path, cloud: CountingEndpoint
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(PROBE.format(cloud=cloud.port))
+    server = build_server(build_service(load_policy(path), env={"CLOUD_KEY": "k"}))
+    asked: list[str] = []
+
+    async def never(context: Any, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="decline")
+
+    async with Client(server, mode="legacy", elicitation_callback=never) as client:
+        premium = await call(client, "run_role", role="premium_ask", prompt="x")
+        capped = await call(client, "run_role", role="capped_ask", prompt="x", job="capped")
+    assert text(premium).startswith("NOT_ALLOWLISTED: kimi is premium")
+    assert text(capped).startswith("BUDGET_EXHAUSTED: ")
+    assert (cloud.connections, asked) == (0, [])
+
+
+async def test_route_never_picks_a_model_no_role_runs(three_role: Policy) -> None:
+    server = build_server(build_service(three_role, env={}))
+    async with Client(server, mode="legacy") as client:
+        for task in ("why is the sky blue", "summarize this", "refactor the parser", "hi"):
+            routed = (await call(client, "route_task", task=task)).structured_content
+            if routed["outcome"] == "route":
+                assert routed["role"] is not None, (task, routed["model"])

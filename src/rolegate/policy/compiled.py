@@ -190,6 +190,13 @@ class Policy:
         for rid in sorted(doc.roles):
             mid = doc.roles[rid].model
             self.roles_by_model[mid] = (*self.roles_by_model.get(mid, ()), rid)
+        # Free routing picks among models some role runs, so that every decision it makes can
+        # be run with run_role (a model reached only as a fallback has no role of its own).
+        self.routable_by_cost: tuple[ModelInfo, ...] = (
+            tuple(m for m in self.models_by_cost if m.id in self.roles_by_model)
+            if doc.roles
+            else self.models_by_cost
+        )
         # Declared pipeline stages by name (names are unique: checked at load).
         self.stages: dict[str, Stage] = {stage.name: stage for stage in doc.pipeline.stages}
 

@@ -126,6 +126,13 @@ def check_model(
             f"input is {input_tokens:,} tokens; {info.id} accepts {info.max_input_tokens:,} "
             f"({model.context_window:,} window - {model.reserve_tokens:,} reserve)",
         )
+    window = model.context_window or 0
+    if input_tokens + max_output > window:
+        return Refusal(
+            Code.OVER_BUDGET,
+            f"input of {input_tokens:,} tokens plus an output cap of {max_output:,} exceeds "
+            f"{info.id}'s {window:,}-token window; lower max_output_tokens",
+        )
     if policy.budgets:
         cost = info.worst_case_cost_micro(input_tokens, max_output)
         tokens = input_tokens + max_output
@@ -218,8 +225,8 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
         reasons.append(f"{why}: {role!r} -> {doc.roles[role].model!r}")
         candidates: tuple[ModelInfo, ...] = (policy.models[doc.roles[role].model],)
     else:
-        reasons.append("no role: lowest-cost model with the required capabilities")
-        candidates = policy.models_by_cost
+        reasons.append("no role: lowest-cost model some role runs, with the required capabilities")
+        candidates = policy.routable_by_cost
 
     ts = doc.token_estimate
     task_tokens = estimate_tokens(request.task, ts)

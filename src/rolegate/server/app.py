@@ -20,6 +20,7 @@ from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from rolegate import __version__
+from rolegate.errors import Code, RolegateError
 from rolegate.policy.limits import (
     MAX_COUNT,
     MAX_MESSAGES,
@@ -49,7 +50,12 @@ INSTRUCTIONS = (
 # of any other annotation, which would turn a prompt such as '{"a": 1}' or 'null' into data.
 TEXT_NOTE = "Free text. "
 NameArg = Annotated[str | None, Field(min_length=1, max_length=MAX_NAME_CHARS)]
-TokensArg = Annotated[int | None, Field(ge=0, le=MAX_TOKENS)]
+# strict: a flag is true or false and a count a whole number, never 1, "yes" or 5.0.
+TokensArg = Annotated[int | None, Field(ge=0, le=MAX_TOKENS, strict=True)]
+FlagArg = Annotated[bool, Field(strict=True, description="Forbid cloud models.")]
+OutputCapArg = Annotated[
+    int | None, Field(ge=1, le=MAX_TOKENS, strict=True, description="Output cap.")
+]
 _SIGNAL_TYPES: dict[str, Any] = {"fraction": float, "count": int, "tokens": int, "flag": bool}
 _SIGNAL_BOUNDS: dict[str, dict[str, Any]] = {
     "fraction": {"ge": 0, "le": 1, "allow_inf_nan": False},
@@ -113,14 +119,12 @@ def build_server(service: Rolegate) -> MCPServer:
             list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None,
             Field(max_length=MAX_NEEDS, description="Capabilities the model must have."),
         ] = None,
-        local_only: Annotated[bool, Field(description="Forbid cloud models.")] = False,
+        local_only: FlagArg = False,
         risk: Annotated[
             Literal["low", "normal", "high"] | None,
             Field(description="'high' requires the policy's cloud judge."),
         ] = None,
-        max_output_tokens: Annotated[
-            int | None, Field(ge=1, le=MAX_TOKENS, description="Output cap.")
-        ] = None,
+        max_output_tokens: OutputCapArg = None,
     ) -> Annotated[CallToolResult, RouteResult]:
         request = service.route_request(
             task,
@@ -156,11 +160,9 @@ def build_server(service: Rolegate) -> MCPServer:
             NameArg,
             Field(description="A route_task decision to run; its constraints bind the run."),
         ] = None,
-        max_output_tokens: Annotated[
-            int | None, Field(ge=1, le=MAX_TOKENS, description="Output cap.")
-        ] = None,
+        max_output_tokens: OutputCapArg = None,
         channel: Annotated[NameArg, Field(description="Output channel (streaming rules).")] = None,
-        local_only: Annotated[bool, Field(description="Forbid cloud models.")] = False,
+        local_only: FlagArg = False,
     ) -> Annotated[CallToolResult, RunResult]:
         return ok(
             await service.run_role(
@@ -204,7 +206,11 @@ def build_server(service: Rolegate) -> MCPServer:
         """Ask before an escalation whose role demands consent, if one would happen."""
         ctx: Context = kwargs["ctx"]
         preview = await service.preview_escalation(
-            kwargs["role"], _given(kwargs), job=kwargs["job"], task_id=kwargs["task_id"]
+            kwargs["role"],
+            _given(kwargs),
+            job=kwargs["job"],
+            task_id=kwargs["task_id"],
+            local_only=kwargs["local_only"],
         )
         caps = ctx.client_capabilities
         if preview is None or caps is None or caps.elicitation is None:
@@ -222,6 +228,7 @@ def build_server(service: Rolegate) -> MCPServer:
             "role": (str, Parameter.empty),
             "task_id": (str | None, None),
             "job": (str | None, None),
+            "local_only": (bool, False),
         },
     )
 
@@ -232,6 +239,7 @@ def build_server(service: Rolegate) -> MCPServer:
             job=kwargs["job"],
             task_id=kwargs["task_id"],
             reason=kwargs["reason"] or None,
+            local_only=kwargs["local_only"],
             consent=consent_from(kwargs["consent"]),
         )
         return ok(result)
@@ -249,6 +257,7 @@ def build_server(service: Rolegate) -> MCPServer:
             ),
             "task_id": (Annotated[NameArg, Field(description="Work item id.")], None),
             "job": (Annotated[NameArg, Field(description="Job name.")], None),
+            "local_only": (FlagArg, False),
             "reason": (
                 Annotated[
                     str,
@@ -343,9 +352,15 @@ def build_server(service: Rolegate) -> MCPServer:
         mime_type="application/json",
     )
     async def task_resource(task_id: str) -> str:
-        task = await service.task_view(task_id)
+        try:
+            task = await service.task_view(task_id)
+        except RolegateError as exc:
+            raise ResourceNotFoundError(str(exc)) from None
         if task is None:
-            raise ResourceNotFoundError(f"no task {task_id!r}")
+            raise ResourceNotFoundError(
+                f"{Code.UNKNOWN_TASK}: no task with this id has a record (an owner output, an "
+                "escalation or a critique) in this ledger"
+            )
         return json.dumps(task, separators=(",", ":"))
 
     return server

@@ -25,6 +25,7 @@ from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, rout
 from rolegate.policy.decision import NO_USAGE, PolicyRef, Risk
 from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
 from rolegate.policy.limits import SignalValue, check_count, check_name
+from rolegate.policy.router import check_model
 from rolegate.server.budget_report import call_check, scope_report
 from rolegate.server.models import (
     BudgetReport,
@@ -339,13 +340,14 @@ class Rolegate:
         *,
         job: str | None,
         task_id: str | None,
+        local_only: bool = False,
     ) -> tuple[str, str] | None:
         """(from, to) when an escalation would happen and the role demands consent."""
         role_def = self.policy.doc.roles.get(role)
         if role_def is None or not role_def.escalation.consent:
             return None
         try:
-            decision = await self._escalation(role, signals, job, task_id)
+            decision = await self._escalation(role, signals, job, task_id, local_only)
         except RequestError:
             return None  # the tool body reports it
         if not decision.escalate or decision.from_model is None or decision.to_model is None:
@@ -484,8 +486,21 @@ class Rolegate:
             return None  # the tool body reports it
         primary = limits.decision_model or role_def.model
         info = self.policy.models[primary]
-        if limits.local_only and info.locality == "cloud":
-            return None  # never probe a cloud server under local_only
+        # Never probe a server the run may not use (local_only, allowlist, capabilities,
+        # budgets): admission refuses it without contacting it, and so must this.
+        refusal = check_model(
+            info,
+            policy=self.policy,
+            job_name=limits.job,
+            role=role,
+            local_only=limits.local_only,
+            input_tokens=0,
+            max_output=limits.max_output,
+            snapshot=await self.snapshot(),
+            needs=limits.needs,
+        )
+        if refusal is not None:
+            return None
         alternates = allowed_steps(self.policy, limits, primary)
         if not alternates:
             return None
