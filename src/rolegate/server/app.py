@@ -314,6 +314,8 @@ def build_server(service: Rolegate) -> MCPServer:
         ),
     )
 
+    server.inline_output_schemas()
+
     @server.resource(
         "rolegate://policy",
         name="policy",

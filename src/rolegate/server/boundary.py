@@ -68,10 +68,33 @@ def failure(code: Code, sentence: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """``{"$ref": "#/$defs/X"}`` replaced by X itself (recursively; no def is recursive)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
 class GatedServer(MCPServer):
     """An MCPServer whose tool calls all pass through one boundary."""
 
     policy_hash: Callable[[], str] = staticmethod(lambda: "")
+
+    def inline_output_schemas(self) -> None:
+        """Publish every tool's output schema with its ``$defs`` inlined: the same schema,
+        far cheaper for clients that validate each result against it (``$ref`` resolution
+        dominates a jsonschema validation). The SDK reads this field live."""
+        for tool in self._tool_manager.list_tools():
+            schema = tool.fn_metadata.output_schema
+            if schema and "$defs" in schema:
+                defs = schema["$defs"]
+                rest = {k: v for k, v in schema.items() if k != "$defs"}
+                tool.fn_metadata.output_schema = _inline_refs(rest, defs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None

@@ -148,7 +148,9 @@ class Rolegate:
             now=self.clock(),
             audit=audit if self.ledger is not None else None,
         )
-        return RouteResult(decision_id=decision_id, **decision.model_dump())
+        # The decision was validated when the router built it: no second validation.
+        fields = {name: getattr(decision, name) for name in type(decision).model_fields}
+        return RouteResult.model_construct(decision_id=decision_id, **fields)
 
     async def decision(self, decision_id: str) -> Decision:
         found = await self._work(self.work.get_decision, decision_id=decision_id)
