@@ -28,6 +28,7 @@ from rolegate.ledger.base import (
     check_optional_text,
     check_step,
     check_text,
+    check_texts,
     check_verdict,
     claimed_refusal,
     decision_reused,
@@ -340,11 +341,7 @@ def do_claim_stage(
     if owner:
         owner_model, owner_role = owner[0]
         # Only the owning role, escalated to a new model, may replace its own output.
-        if (
-            owner_role != role
-            or owner_model == model
-            or _current_model(tx, task_id, role) != model
-        ):
+        if owner_role != role or owner_model == model or _current_model(tx, task_id, role) != model:
             raise owner_refusal(task_id, stage, owner_model)  # rolls our claim back too
     if held is None:
         return  # inserted
@@ -661,7 +658,9 @@ class SqlLedger(ABC):
         now: datetime,
         lease_s: float,
     ) -> None:
-        args = _texts(task_id=task_id, stage=stage, role=role, model=model, request_id=request_id)
+        args = check_texts(
+            task_id=task_id, stage=stage, role=role, model=model, request_id=request_id
+        )
         now_us = to_us(now)
         expires_us = now_us + lease_us(lease_s)
         with self._transaction(write=True) as tx:
@@ -680,7 +679,7 @@ class SqlLedger(ABC):
         now: datetime,
         output_request_id: str | None = None,
     ) -> None:
-        args = _texts(
+        args = check_texts(
             task_id=task_id,
             stage=stage,
             request_id=request_id,
@@ -711,7 +710,7 @@ class SqlLedger(ABC):
         contract_valid: bool | None,
         now: datetime,
     ) -> None:
-        args = _texts(task_id=task_id, role=role, model=model, request_id=request_id)
+        args = check_texts(task_id=task_id, role=role, model=model, request_id=request_id)
         where = check_optional_text("stage", stage)
         verdict = check_verdict(contract_valid)
         now_us = to_us(now)
@@ -732,7 +731,7 @@ class SqlLedger(ABC):
         consent: str | None,
         now: datetime,
     ) -> bool:
-        args = _texts(
+        args = check_texts(
             task_id=task_id, role=role, provenance_id=provenance_id, policy_hash=policy_hash
         )
         moved_from = check_optional_text("from_model", from_model)
@@ -784,8 +783,3 @@ class SqlLedger(ABC):
             return None
         with self._transaction(write=False) as tx:
             return do_task_view(tx, task_id)
-
-
-def _texts(**values: str) -> dict[str, str]:
-    """Each argument checked storable (RequestError names the first that is not)."""
-    return {name: check_text(name, value) for name, value in values.items()}

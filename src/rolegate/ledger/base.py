@@ -396,6 +396,11 @@ def check_text(name: str, value: object) -> str:
     return str(value)
 
 
+def check_texts(**values: str) -> dict[str, str]:
+    """Each argument checked storable (RequestError names the first that is not)."""
+    return {name: check_text(name, value) for name, value in values.items()}
+
+
 def check_optional_text(name: str, value: object) -> str | None:
     return None if value is None else check_text(name, value)
 

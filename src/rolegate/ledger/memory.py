@@ -22,6 +22,7 @@ from rolegate.ledger.base import (
     check_optional_text,
     check_step,
     check_text,
+    check_texts,
     check_verdict,
     claimed_refusal,
     decision_reused,
@@ -120,14 +121,7 @@ class MemoryWork:
         now: datetime,
         lease_s: float,
     ) -> None:
-        for name, value in (
-            ("task_id", task_id),
-            ("stage", stage),
-            ("role", role),
-            ("model", model),
-            ("request_id", request_id),
-        ):
-            check_text(name, value)
+        check_texts(task_id=task_id, stage=stage, role=role, model=model, request_id=request_id)
         now_us = to_us(now)
         expires_us = now_us + lease_us(lease_s)
         with self._lock:
@@ -159,16 +153,15 @@ class MemoryWork:
         output_request_id: str | None = None,
     ) -> None:
         output_request_id = output_request_id or request_id
-        for name, value in (
-            ("task_id", task_id),
-            ("stage", stage),
-            ("request_id", request_id),
-            ("output_request_id", output_request_id),
-            ("role", role),
-            ("model", model),
-            ("authority", authority),
-        ):
-            check_text(name, value)
+        check_texts(
+            task_id=task_id,
+            stage=stage,
+            request_id=request_id,
+            output_request_id=output_request_id,
+            role=role,
+            model=model,
+            authority=authority,
+        )
         verdict = check_verdict(contract_valid)
         to_us(now)
         with self._lock:
@@ -208,13 +201,7 @@ class MemoryWork:
         contract_valid: bool | None,
         now: datetime,
     ) -> None:
-        for name, value in (
-            ("task_id", task_id),
-            ("role", role),
-            ("model", model),
-            ("request_id", request_id),
-        ):
-            check_text(name, value)
+        check_texts(task_id=task_id, role=role, model=model, request_id=request_id)
         where = check_optional_text("stage", stage)
         verdict = check_verdict(contract_valid)
         to_us(now)
@@ -244,13 +231,9 @@ class MemoryWork:
         consent: str | None,
         now: datetime,
     ) -> bool:
-        for name, value in (
-            ("task_id", task_id),
-            ("role", role),
-            ("provenance_id", provenance_id),
-            ("policy_hash", policy_hash),
-        ):
-            check_text(name, value)
+        check_texts(
+            task_id=task_id, role=role, provenance_id=provenance_id, policy_hash=policy_hash
+        )
         entry = {
             "provenance_id": provenance_id,
             "role": role,
