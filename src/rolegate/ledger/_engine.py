@@ -41,9 +41,9 @@ from rolegate.ledger.base import (
     to_utc,
     unique_lines,
 )
+from rolegate.policy.budget import window_start
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.decision import BudgetSnapshot, ScopeUsage
-from rolegate.server.windows import window_start
 
 _REQUEST_COLUMNS = (
     "request_id, owner, line_ids, at_us, expires_us, state, reserved_micro, reserved_tokens"

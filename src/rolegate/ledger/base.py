@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from rolegate.errors import Code, RefusedError, RequestError
+from rolegate.policy.budget import overrun, window_reset
 from rolegate.policy.compiled import BudgetLine
-from rolegate.policy.decision import BudgetSnapshot
-from rolegate.server.windows import window_reset
+from rolegate.policy.decision import BudgetSnapshot, ScopeUsage
 
 #: Keys an audit record may never carry, at any depth: the trail holds no prompt or output.
 FORBIDDEN_AUDIT_KEYS = frozenset({"prompt", "completion", "messages", "text", "output"})
@@ -302,13 +302,6 @@ def lease_us(lease_s: float) -> int:
     return max(1, round(lease_s * 1_000_000))
 
 
-def usd(micro: int) -> str:
-    """Micro-USD as dollars, by integer arithmetic: 1234567 -> '$1.234567'."""
-    sign = "-" if micro < 0 else ""
-    whole, frac = divmod(abs(micro), 1_000_000)
-    return f"{sign}${whole}.{frac:06d}"
-
-
 def unique_lines(lines: Sequence[BudgetLine]) -> list[BudgetLine]:
     """Lines by id, once each, in id order: the fixed order locks are taken in."""
     return sorted({line.id: line for line in lines}.values(), key=lambda line: line.id)
@@ -327,23 +320,21 @@ def refusal(
 
     ``spent_*`` include the unexpired reservations already held on the line.
     """
-    left_micro = None if line.usd_micro is None else line.usd_micro - spent_micro
-    left_tokens = None if line.tokens is None else line.tokens - spent_tokens
-    if left_micro is not None and cost_micro > left_micro:
-        what = f"{usd(max(left_micro, 0))} left of {usd(line.usd_micro or 0)}"
-        need = f"this call needs up to {usd(cost_micro)}"
-    elif left_tokens is not None and tokens > left_tokens:
-        what = f"{max(left_tokens, 0):,} tokens left of {line.tokens or 0:,}"
-        need = f"this call needs up to {tokens:,} tokens"
-    else:
+    over = overrun(
+        line,
+        ScopeUsage(spent_micro=spent_micro, spent_tokens=spent_tokens),
+        cost_micro=cost_micro,
+        tokens=tokens,
+    )
+    if over is None:
         return None
     reset = window_reset(line, to_utc(now))
     when = f"resets at {reset.isoformat()}" if reset else f"rolling {line.window_seconds}s window"
     return BudgetExhaustedError(
-        f"budget {line.id} has {what} (including open reservations); {need}; {when}",
+        f"budget {line.id} has {over.what} (including open reservations); {over.need}; {when}",
         line_id=line.id,
-        left_micro=left_micro,
-        left_tokens=left_tokens,
+        left_micro=over.left_micro,
+        left_tokens=over.left_tokens,
     )
 
 

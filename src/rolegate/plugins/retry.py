@@ -43,9 +43,7 @@ def answered_with_status(model: str, status: int, detail: object) -> ProviderErr
     so the call is never retried. ``detail`` may be any JSON value (Ollama sends objects).
     """
     code = Code.PROVIDER_UNAVAILABLE if status in (502, 503, 504) else Code.PROVIDER_ERROR
-    err = ProviderError(
-        f"{model}: server answered HTTP {status}: {_short(str(detail))}", code=code
-    )
+    err = ProviderError(f"{model}: server answered HTTP {status}: {_short(str(detail))}", code=code)
     err.answered = True
     return err
 

@@ -37,7 +37,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-
 @dataclass(frozen=True, slots=True)
 class EscalationRequest:
     role: str

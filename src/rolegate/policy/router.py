@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rolegate.errors import Code, RequestError
+from rolegate.policy.budget import overrun
 from rolegate.policy.compiled import CompiledIntent, ModelInfo, Policy
 from rolegate.policy.decision import (
     NO_USAGE,
@@ -139,23 +140,12 @@ def check_model(
         for line in policy.budgets_touching(
             job=job_name, role=role, model=info.id, provider=model.provider
         ):
-            used = snapshot.get(line.id)
-            if line.usd_micro is not None:
-                left = line.usd_micro - used.spent_micro - used.reserved_micro
-                if cost > left:
-                    return Refusal(
-                        Code.BUDGET_EXHAUSTED,
-                        f"worst case ${cost / 1e6:,.6f} exceeds what budget {line.id} has left "
-                        f"(${max(left, 0) / 1e6:,.6f})",
-                    )
-            if line.tokens is not None:
-                left = line.tokens - used.spent_tokens - used.reserved_tokens
-                if tokens > left:
-                    return Refusal(
-                        Code.BUDGET_EXHAUSTED,
-                        f"{tokens:,} tokens exceed what budget {line.id} has left "
-                        f"({max(left, 0):,})",
-                    )
+            over = overrun(line, snapshot.get(line.id), cost_micro=cost, tokens=tokens)
+            if over is not None:
+                return Refusal(
+                    Code.BUDGET_EXHAUSTED,
+                    f"budget {line.id} has {over.what} (including open reservations); {over.need}",
+                )
     return None
 
 

@@ -6,11 +6,10 @@ from datetime import datetime
 
 from rolegate.errors import Code, RequestError
 from rolegate.policy import BudgetSnapshot, Policy
+from rolegate.policy.budget import left_micro, left_tokens, overrun, window_label, window_reset
 from rolegate.policy.compiled import BudgetLine
-from rolegate.policy.decision import ScopeUsage
 from rolegate.policy.tokens import estimate_method, estimate_tokens
 from rolegate.server.models import CallCheck, ScopeReport
-from rolegate.server.windows import window_reset
 
 
 def scope_report(line: BudgetLine, now: datetime, snapshot: BudgetSnapshot) -> ScopeReport:
@@ -21,20 +20,16 @@ def scope_report(line: BudgetLine, now: datetime, snapshot: BudgetSnapshot) -> S
         id=line.id,
         scope=line.scope,
         target=line.target,
-        window=line.window if line.window != "rolling" else f"rolling {line.window_seconds}s",
+        window=window_label(line),
         resets_at=reset.isoformat() if reset else None,
         cap_usd_micro=line.usd_micro,
         spent_usd_micro=used.spent_micro,
         reserved_usd_micro=used.reserved_micro,
-        left_usd_micro=None
-        if line.usd_micro is None
-        else line.usd_micro - used.spent_micro - used.reserved_micro,
+        left_usd_micro=left_micro(line, used),
         cap_tokens=line.tokens,
         spent_tokens=used.spent_tokens,
         reserved_tokens=used.reserved_tokens,
-        left_tokens=None
-        if line.tokens is None
-        else line.tokens - used.spent_tokens - used.reserved_tokens,
+        left_tokens=left_tokens(line, used),
     )
 
 
@@ -73,14 +68,7 @@ def call_check(
     for line in policy.budgets_touching(
         job=job, role=role, model=model, provider=info.model.provider
     ):
-        used: ScopeUsage = snapshot.get(line.id)
-        if (
-            line.usd_micro is not None
-            and cost > line.usd_micro - used.spent_micro - used.reserved_micro
-        ) or (
-            line.tokens is not None
-            and tokens + out > line.tokens - used.spent_tokens - used.reserved_tokens
-        ):
+        if overrun(line, snapshot.get(line.id), cost_micro=cost, tokens=tokens + out):
             refusing = line.id
             break
     if info.max_input_tokens is None:

@@ -22,6 +22,7 @@ from rolegate.errors import (
 from rolegate.ledger.base import Ledger, WorkStore
 from rolegate.ledger.memory import MemoryWork
 from rolegate.policy import BudgetSnapshot, Decision, Policy, RouteRequest, route
+from rolegate.policy.budget import utcnow
 from rolegate.policy.decision import NO_USAGE, PolicyRef, Risk
 from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
 from rolegate.policy.limits import SignalValue, check_count, check_name
@@ -34,7 +35,6 @@ from rolegate.server.models import (
     RunResult,
 )
 from rolegate.server.spool import Spool, spool_dir_for
-from rolegate.server.windows import utcnow
 
 PROBE_TTL_S = 2.0
 CLAIM_LEASE_MARGIN_S = 60.0

@@ -1,0 +1,91 @@
+"""Budget arithmetic, in one place: windows, what a line has left, whether a call fits, money.
+
+Money is integer micro-USD everywhere (1 USD = 1,000,000); it is shown as dollars by integer
+arithmetic, never through floats. "Left" is always cap - spent - reserved: open reservations
+count against a line until they are committed or released. The router, the ledger and the
+budget reports all use these functions, so a refusal, a report and a reservation agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from rolegate.policy.compiled import BudgetLine
+from rolegate.policy.decision import ScopeUsage
+
+MICRO_PER_USD = 1_000_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def window_start(line: BudgetLine, now: datetime) -> datetime:
+    """Start of the window ``now`` falls in (for rolling windows: now - length)."""
+    if line.window == "day":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if line.window == "month":
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    assert line.window_seconds is not None
+    return now - timedelta(seconds=line.window_seconds)
+
+
+def window_reset(line: BudgetLine, now: datetime) -> datetime | None:
+    """When the current window ends; None for rolling windows (they slide)."""
+    if line.window == "day":
+        return window_start(line, now) + timedelta(days=1)
+    if line.window == "month":
+        start = window_start(line, now)
+        return (start + timedelta(days=32)).replace(day=1)
+    return None
+
+
+def window_label(line: BudgetLine) -> str:
+    return line.window if line.window != "rolling" else f"rolling {line.window_seconds}s"
+
+
+def usd(micro: int) -> str:
+    """Micro-USD as dollars, by integer arithmetic: 1234567 -> '$1.234567'."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO_PER_USD)
+    return f"{sign}${whole:,}.{frac:06d}"
+
+
+def left_micro(line: BudgetLine, used: ScopeUsage) -> int | None:
+    """Money left on the line (cap - spent - reserved); None when it has no money cap."""
+    if line.usd_micro is None:
+        return None
+    return line.usd_micro - used.spent_micro - used.reserved_micro
+
+
+def left_tokens(line: BudgetLine, used: ScopeUsage) -> int | None:
+    """Tokens left on the line (cap - spent - reserved); None when it has no token cap."""
+    if line.tokens is None:
+        return None
+    return line.tokens - used.spent_tokens - used.reserved_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Overrun:
+    """Which cap of a line a call would break, as a sentence fragment and the amounts."""
+
+    line_id: str
+    what: str  # "$0.10 left of $1.00", "1,000 tokens left of 5,000"
+    need: str  # "this call needs up to $0.20"
+    left_micro: int | None
+    left_tokens: int | None
+
+
+def overrun(line: BudgetLine, used: ScopeUsage, *, cost_micro: int, tokens: int) -> Overrun | None:
+    """The first cap of ``line`` a call of this worst case would break, or None if it fits."""
+    money, count = left_micro(line, used), left_tokens(line, used)
+    if money is not None and cost_micro > money:
+        what = f"{usd(max(money, 0))} left of {usd(line.usd_micro or 0)}"
+        need = f"this call needs up to {usd(cost_micro)}"
+    elif count is not None and tokens > count:
+        what = f"{max(count, 0):,} tokens left of {line.tokens or 0:,}"
+        need = f"this call needs up to {tokens:,} tokens"
+    else:
+        return None
+    return Overrun(line.id, what, need, money, count)
