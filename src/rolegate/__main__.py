@@ -1,3 +1,3 @@
-from rolegate.server.cli import main
+from rolegate.cli import main
 
 raise SystemExit(main())

@@ -15,10 +15,10 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
 from tests.support.llama import LlamaServer, llama_server
 from tests.support.progress import Progress
 
@@ -100,7 +100,7 @@ def build(
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(v1=server.v1, heavy=heavy))
     ledger = open_ledger(f"sqlite://{tmp_path / 'ledger.sqlite3'}")
-    service = build_service(
+    service = build_engine(
         load_policy(path), env={}, ledger=ledger, transports={"llama": transport}
     )
     return build_server(service), ledger

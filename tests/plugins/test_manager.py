@@ -5,14 +5,14 @@ from typing import Any
 
 import pytest
 
+from rolegate.cli import main
+from rolegate.engine.bootstrap import build_engine
 from rolegate.errors import Code, PluginError, RolegateError
 from rolegate.plugins.base import ProviderType, RoleKind
 from rolegate.plugins.builtin.openai_provider import OpenAIProviderType
 from rolegate.plugins.hookspecs import hookimpl
 from rolegate.plugins.manager import build_registry
 from rolegate.policy import load_policy
-from rolegate.server.bootstrap import build_service
-from rolegate.server.cli import main
 from tests.conftest import ROOT
 
 ECHO_POLICY = ROOT / "examples" / "plugins" / "rolegate-echo" / "echo-policy.yaml"
@@ -24,7 +24,7 @@ def test_builtins_and_the_echo_plugin_are_found_through_entry_points() -> None:
     assert set(registry.roles) >= {"owner", "critic", "judge", "summarizer"}
     echo = next(p for p in registry.plugins if p.name == "echo")
     assert (echo.distribution, echo.version) == ("rolegate-echo", "0.1.0")
-    assert echo.provides == ["provider:echo", "role:summarizer"]
+    assert echo.provides == ["provider:echo", "role:summarizer", "audit-sink"]
     builtin = next(p for p in registry.plugins if p.name == "openai_provider")
     assert builtin.distribution == "rolegate (built-in)"
 
@@ -38,7 +38,7 @@ def test_blocking_a_plugin_by_name() -> None:
     assert "echo" not in registry.providers
     assert registry.blocked == ["echo"]
     with pytest.raises(RolegateError) as info:
-        build_service(load_policy(ECHO_POLICY), block=["echo"], env={})
+        build_engine(load_policy(ECHO_POLICY), block=["echo"], env={})
     assert info.value.code == Code.PROVIDER_UNAVAILABLE
     assert "['echo'] that no loaded plugin provides" in info.value.message
 

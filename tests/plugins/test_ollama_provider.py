@@ -18,12 +18,12 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.plugins.builtin.ollama_client import OllamaClient
 from rolegate.policy import load_policy
 from rolegate.policy.schema import Provider
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
 from tests.support.llama import LlamaServer, llama_server
 from tests.support.ollama import OllamaTarget, ollama_compat, real_ollama
 from tests.support.progress import Progress
@@ -84,7 +84,7 @@ def build(
     path.write_text(POLICY.format(base=target.base_url, model=target.model, retries=retries))
     ledger = open_ledger(f"sqlite://{tmp_path / 'ledger.sqlite3'}")
     transports = {"ollama": transport} if transport is not None else None
-    service = build_service(load_policy(path), env={}, ledger=ledger, transports=transports)
+    service = build_engine(load_policy(path), env={}, ledger=ledger, transports=transports)
     return build_server(service), ledger
 
 

@@ -11,13 +11,13 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.plugins.base import ChatRequest, Message
 from rolegate.plugins.builtin.openai_client import OpenAIClient
 from rolegate.policy import Policy, load_policy
 from rolegate.policy.schema import Provider, TokenEstimate
 from rolegate.policy.tokens import estimate_tokens
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
 from tests.support.llama import LlamaServer, llama_server
 from tests.support.progress import Progress
 
@@ -50,7 +50,7 @@ def policy_for(server: LlamaServer, tmp_path: Path) -> Policy:
 
 @pytest.fixture
 def mcp_server(llama: LlamaServer, tmp_path: Path) -> MCPServer:
-    return build_server(build_service(policy_for(llama, tmp_path), env={}))
+    return build_server(build_engine(policy_for(llama, tmp_path), env={}))
 
 
 async def test_run_role_gets_real_tokens_usage_and_streaming(
@@ -142,7 +142,7 @@ async def test_timeout_from_the_policy(mcp_server: MCPServer) -> None:
 
 async def test_server_killed_mid_stream_is_a_provider_error(tmp_path: Path) -> None:
     with llama_server(ctx=2048, parallel=1) as doomed:
-        server = build_server(build_service(policy_for(doomed, tmp_path), env={}))
+        server = build_server(build_engine(policy_for(doomed, tmp_path), env={}))
         seen: list[Any] = []
 
         async def kill_on_first_token(done: float, total: float | None, msg: str | None) -> None:
@@ -169,7 +169,7 @@ async def test_server_killed_mid_stream_is_a_provider_error(tmp_path: Path) -> N
 async def test_unreachable_server_is_unavailable(tmp_path: Path) -> None:
     with llama_server(ctx=2048, parallel=1) as gone:
         policy = policy_for(gone, tmp_path)
-    server = build_server(build_service(policy, env={}))
+    server = build_server(build_engine(policy, env={}))
     async with Client(server, mode="legacy") as client:
         result = await client.call_tool("run_role", {"role": "writer", "prompt": "hi"})
     assert result.content[0].text.startswith("PROVIDER_UNAVAILABLE: gemma3-270m: cannot reach")

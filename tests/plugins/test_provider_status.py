@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +75,7 @@ async def _run_both(status: int, tmp_path: Path) -> tuple[Any, Any, int]:
     try:
         path = tmp_path / "policy.yaml"
         path.write_text(POLICY.format(port=failing.port))
-        server = build_server(build_service(load_policy(path), env={}))
+        server = build_server(build_engine(load_policy(path), env={}))
         async with Client(server, mode="legacy") as client:
             default_on = await client.call_tool("run_role", {"role": "default_on", "prompt": "a"})
             any_error = await client.call_tool("run_role", {"role": "any_error", "prompt": "a"})

@@ -10,9 +10,9 @@ from mcp_types import ElicitResult
 
 from rolegate.policy import Policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
-from rolegate.server.logs import configure_logging
-from rolegate.server.service import Rolegate
+from rolegate.engine.bootstrap import build_engine
+from rolegate.logs import configure_logging
+from rolegate.engine.core import PolicyEngine
 from tests.support.servers import CountingEndpoint
 
 ERAS = ["legacy", "2026-07-28"]
@@ -27,18 +27,18 @@ def log_stream() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def sophie_service(sophie: Policy, log_stream: io.StringIO) -> Rolegate:
-    return build_service(sophie, env={})
+def sophie_service(sophie: Policy, log_stream: io.StringIO) -> PolicyEngine:
+    return build_engine(sophie, env={})
 
 
 @pytest.fixture
-def sophie_server(sophie_service: Rolegate) -> MCPServer:
+def sophie_server(sophie_service: PolicyEngine) -> MCPServer:
     return build_server(sophie_service)
 
 
 @pytest.fixture
 def codex_server(codex_rs: Policy, log_stream: io.StringIO) -> MCPServer:
-    return build_server(build_service(codex_rs, env={}))
+    return build_server(build_engine(codex_rs, env={}))
 
 
 def consent_answerer(

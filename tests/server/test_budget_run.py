@@ -13,7 +13,7 @@ from mcp.server.mcpserver import MCPServer
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
+from rolegate.engine.bootstrap import build_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +51,7 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 def server(tmp_path: Path, ledger: Ledger) -> MCPServer:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
-    return build_server(build_service(load_policy(path), env={}, ledger=ledger))
+    return build_server(build_engine(load_policy(path), env={}, ledger=ledger))
 
 
 async def run(client: Client, **args: Any) -> Any:
@@ -109,7 +109,7 @@ async def test_unusable_ledger_fails_closed(tmp_path: Path) -> None:
     path.write_text(POLICY)
     broken_dir = tmp_path / "ledger-dir"
     ledger = open_ledger(f"sqlite://{broken_dir / 'ledger.sqlite3'}")
-    server = build_server(build_service(load_policy(path), env={}, ledger=ledger))
+    server = build_server(build_engine(load_policy(path), env={}, ledger=ledger))
     # Replace the database file by a directory: every read and write now fails.
     ledger.close()
     for item in broken_dir.iterdir():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rolegate.server.cli import main
+from rolegate.cli import main
 from tests.conftest import EXAMPLES, example_path
 
 

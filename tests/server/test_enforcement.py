@@ -21,7 +21,8 @@ from rolegate.policy.limits import signal_names
 from rolegate.policy.loader import parse_text
 from rolegate.policy.schema import PolicyDocument
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
+from rolegate.engine.bootstrap import build_engine
+from rolegate.engine.requests import EscalateRequest
 from tests.server.conftest import ERAS
 from tests.support.servers import CountingEndpoint, free_port
 
@@ -84,7 +85,7 @@ def ledger(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def server(policy_path: Path, ledger: Ledger) -> MCPServer:
-    service = build_service(load_policy(policy_path), env={"CLOUD_KEY": "k"}, ledger=ledger)
+    service = build_engine(load_policy(policy_path), env={"CLOUD_KEY": "k"}, ledger=ledger)
     return build_server(service)
 
 
@@ -202,7 +203,7 @@ async def test_every_step_is_rechecked_against_its_own_window(
 async def test_an_exhausted_chain_names_every_step(policy_path: Path) -> None:
     text_ = policy_path.read_text().replace("[dead-b, dead-c, echo-d]", "[dead-b, dead-c]")
     policy_path.write_text(text_)
-    server = build_server(build_service(load_policy(policy_path), env={}))
+    server = build_server(build_engine(load_policy(policy_path), env={}))
     async with Client(server, mode="legacy") as client:
         run = await call(client, "run_role", role="chain", prompt="x")
     message = text(run)
@@ -248,7 +249,7 @@ async def test_runtime_never_falls_back_to_escalation_only_or_premium(
     data = parse_text(policy_path.read_text(), "yaml", "test")
     data["models"]["cloud-1"]["escalation_only"] = True
     data["models"]["echo-d"]["premium"] = True
-    server = build_server(build_service(_unchecked(data), env={"CLOUD_KEY": "k"}))
+    server = build_server(build_engine(_unchecked(data), env={"CLOUD_KEY": "k"}))
     async with Client(server, mode="legacy") as client:
         run = await call(client, "run_role", role="hybrid", prompt="x")
     assert run.is_error
@@ -259,7 +260,7 @@ async def test_runtime_never_falls_back_to_escalation_only_or_premium(
 
 
 async def test_a_refusal_describes_the_model_it_refuses(mac_mini: Policy) -> None:
-    server = build_server(build_service(mac_mini, env={}))
+    server = build_server(build_engine(mac_mini, env={}))
     async with Client(server, mode="legacy") as client:
         refused = await call(client, "route_task", task="plan the day", role="strategist")
     data = refused.structured_content
@@ -294,11 +295,11 @@ async def test_escalate_takes_every_signal_and_nothing_else(codex_server: MCPSer
 
 
 async def test_nan_or_out_of_range_signals_are_invalid(codex_rs: Policy) -> None:
-    service = build_service(codex_rs, env={})
+    service = build_engine(codex_rs, env={})
     for signals in ({"confidence": math.nan}, {"failed_loops": -1}, {"context_estimate": 1e99},
                     {"tool_heavy": 1}, {"confidence": math.inf}):  # fmt: skip
         with pytest.raises(RequestError) as caught:
-            await service.escalate("implementer", signals)
+            await service.escalate(EscalateRequest("implementer", signals))
         assert caught.value.code == "INVALID_ARGUMENT"
 
 
@@ -321,7 +322,7 @@ roles:
 async def test_a_predicate_fires_once_even_when_two_rules_name_it(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(TWICE)
-    server = build_server(build_service(load_policy(path), env={}))
+    server = build_server(build_engine(load_policy(path), env={}))
     async with Client(server, mode="legacy") as client:
         result = await call(client, "escalate", role="twice", confidence=0.1)
     fired = result.structured_content["fired"]
@@ -376,7 +377,7 @@ async def test_seed_000s_chain_is_walked_to_its_end(mac_mini: Policy, ledger: Le
             }
         }
     )
-    server = build_server(build_service(Policy(policy, source="000"), env={}, ledger=ledger))
+    server = build_server(build_engine(Policy(policy, source="000"), env={}, ledger=ledger))
     async with Client(server, mode="legacy") as client:
         run = await call(client, "run_role", role="local_fast", prompt="triage the queue")
     message = text(run)
@@ -496,7 +497,7 @@ async def test_the_consent_probe_never_contacts_a_server_the_run_may_not_use(
 ) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(PROBE.format(cloud=cloud.port))
-    server = build_server(build_service(load_policy(path), env={"CLOUD_KEY": "k"}))
+    server = build_server(build_engine(load_policy(path), env={"CLOUD_KEY": "k"}))
     asked: list[str] = []
 
     async def never(context: Any, params: Any) -> ElicitResult:
@@ -512,7 +513,7 @@ async def test_the_consent_probe_never_contacts_a_server_the_run_may_not_use(
 
 
 async def test_route_never_picks_a_model_no_role_runs(three_role: Policy) -> None:
-    server = build_server(build_service(three_role, env={}))
+    server = build_server(build_engine(three_role, env={}))
     async with Client(server, mode="legacy") as client:
         for task in ("why is the sky blue", "summarize this", "refactor the parser", "hi"):
             routed = (await call(client, "route_task", task=task)).structured_content

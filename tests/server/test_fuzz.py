@@ -25,7 +25,7 @@ from rolegate.errors import Code
 from rolegate.ledger import SqliteLedger
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
+from rolegate.engine.bootstrap import build_engine
 from tests.conftest import example_path
 
 CODED = re.compile(r"^([A-Z][A-Z_]+): \S")
@@ -86,7 +86,7 @@ def _server() -> MCPServer:
     shm = Path("/dev/shm")
     folder = Path(tempfile.mkdtemp(prefix="rolegate-fuzz-", dir=shm if shm.is_dir() else None))
     ledger = SqliteLedger(folder / "ledger.sqlite3")
-    return build_server(build_service(load_policy(example_path("001")), env={}, ledger=ledger))
+    return build_server(build_engine(load_policy(example_path("001")), env={}, ledger=ledger))
 
 
 MEMORY_SLACK = 32 * 1024 * 1024

@@ -25,7 +25,7 @@ from mcp.server.transport_security import TransportSecurityMiddleware
 from starlette.requests import Request
 from uvicorn.server import ServerState
 
-from rolegate.server.cli import build_parser
+from rolegate.cli import build_parser
 from rolegate.server.http import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_S,

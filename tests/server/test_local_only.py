@@ -11,7 +11,7 @@ from mcp.server.mcpserver import MCPServer
 
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
+from rolegate.engine.bootstrap import build_engine
 from tests.server.conftest import ERAS
 from tests.support.servers import CountingEndpoint, free_port
 
@@ -42,7 +42,7 @@ jobs:
 def server(tmp_path: Path, cloud: CountingEndpoint) -> MCPServer:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(dead=free_port(), cloud=cloud.port))
-    return build_server(build_service(load_policy(path), env={"CLOUD_KEY": "k"}))
+    return build_server(build_engine(load_policy(path), env={"CLOUD_KEY": "k"}))
 
 
 async def call(client: Client, tool: str, **args: Any) -> Any:

@@ -23,7 +23,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
-from rolegate.server.logs import OMITTED, JsonLineHandler, get_logger
+from rolegate.logs import OMITTED, JsonLineHandler, get_logger
 from tests.server.conftest import ERAS
 
 pytestmark = pytest.mark.anyio
@@ -219,7 +219,7 @@ def configure_then_warn(*args, **kwargs):
     configure(*args, **kwargs)
     warnings.warn("SECRET-CALLER-TEXT-7f3a in a warning", UserWarning, stacklevel=1)
 serve.configure_logging = configure_then_warn
-from rolegate.server.cli import main
+from rolegate.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -27,8 +27,9 @@ from rolegate.plugins.manager import build_registry
 from rolegate.policy import load_policy
 from rolegate.policy.schema import Provider
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
-from rolegate.server.spool import Spool
+from rolegate.engine.bootstrap import build_engine
+from rolegate.engine.requests import BudgetQuery
+from rolegate.engine.spool import Spool
 
 pytestmark = pytest.mark.anyio
 
@@ -115,7 +116,7 @@ def _server(tmp_path: Path, ledger: SqliteLedger, during_call: Callable[[], None
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     registry = build_registry(extra_plugins=[SaboteurPlugin(during_call)])
-    service = build_service(load_policy(path), env={}, ledger=ledger, registry=registry)
+    service = build_engine(load_policy(path), env={}, ledger=ledger, registry=registry)
     return build_server(service), service
 
 
@@ -157,7 +158,7 @@ async def test_spend_the_ledger_cannot_take_is_spooled_and_committed_later(
         data = broken.structured_content
         assert data["output"] == "paid for"
         assert data["warnings"][0].startswith("LEDGER_SPOOLED: ")
-        spooled = service.spool.pending()
+        spooled = service.store.spool.pending()
         assert [p.stem for p in spooled] == [data["request_id"]]
         # While the ledger is gone, admission fails closed: nothing new is admitted.
         closed = await client.call_tool("run_role", {"role": "paid", "prompt": "x"})
@@ -165,11 +166,11 @@ async def test_spend_the_ledger_cannot_take_is_spooled_and_committed_later(
         os.rename(away, ledger_path)  # the ledger is back
         after = await client.call_tool("run_role", {"role": "paid", "prompt": "one two"})
         assert not after.is_error, after.content
-    assert service.spool.pending() == []
+    assert service.store.spool.pending() == []
     calls = [r for r in ledger.recent_audit(20) if r["kind"] == "call" and r.get("spooled")]
     assert [r["request_id"] for r in calls] == [data["request_id"]]
     assert calls[0]["cost_micro"] == data["cost_micro"] == 9
-    scopes = (await service.check_budget()).scopes
+    scopes = (await service.check_budget(BudgetQuery())).scopes
     spent = {s.id: s.spent_usd_micro for s in scopes}["global:*:day"]
     assert spent == data["cost_micro"] + after.structured_content["cost_micro"]
 

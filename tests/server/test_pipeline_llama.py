@@ -18,7 +18,7 @@ from mcp.server.mcpserver import MCPServer
 
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
+from rolegate.engine.bootstrap import build_engine
 from tests.server.conftest import ERAS, consent_answerer
 from tests.support.llama import LlamaServer
 from tests.support.servers import CountingEndpoint
@@ -90,7 +90,7 @@ SURE = "Plan how to rename one variable. You are certain: report confidence 0.95
 def server(llama: LlamaServer, cloud: CountingEndpoint, tmp_path: Path) -> MCPServer:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(v1=llama.v1, cloud=cloud.port))
-    return build_server(build_service(load_policy(path), env={"CLOUD_KEY": "sk-test"}))
+    return build_server(build_engine(load_policy(path), env={"CLOUD_KEY": "sk-test"}))
 
 
 async def architect(client: Client, prompt: str, **args: Any) -> Any:

@@ -13,7 +13,7 @@ from mcp.server.mcpserver import MCPServer
 
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.server.bootstrap import build_service
+from rolegate.engine.bootstrap import build_engine
 from tests.server.conftest import ERAS, consent_answerer
 from tests.support.progress import Progress
 from tests.support.servers import free_port
@@ -61,7 +61,7 @@ pipeline:
 def server(tmp_path: Path) -> MCPServer:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(port=free_port()))
-    return build_server(build_service(load_policy(path), env={}))
+    return build_server(build_engine(load_policy(path), env={}))
 
 
 async def run(client: Client, **args: Any) -> Any:
@@ -237,7 +237,7 @@ async def test_the_pipeline_critic_mode_is_enforced(tmp_path: Path, mode: str) -
     path.write_text(
         POLICY.format(port=free_port()).replace("pipeline:\n", f"pipeline:\n  critic: {mode}\n")
     )
-    server = build_server(build_service(load_policy(path), env={}))
+    server = build_server(build_engine(load_policy(path), env={}))
     plan = json.dumps({"plan": ["a"], "confidence": 0.9})
     async with Client(server, mode="legacy") as client:
         owner = await run(client, role="planner", prompt=plan, task_id="m", stage="plan")

@@ -3,24 +3,27 @@
 (No `from __future__ import annotations` here: the SDK evaluates tool annotations,
 and run_role's Resolve parameter refers to a local resolver.)
 
-Tool functions are thin: they turn flat, typed arguments into service calls and raise
-on failure; ``boundary.GatedServer`` is the single place where errors become MCP tool
-errors (``isError`` with ``CODE: sentence``).
+Tool functions are thin: they turn flat, typed arguments into the engine's typed requests
+and raise on failure; ``boundary.GatedServer`` is the single place where errors become MCP
+tool errors (``isError`` with ``CODE: sentence``). The server's lifespan closes the provider
+clients (and the ledger, when the server opened it).
 """
 
 import inspect
-import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from inspect import Parameter
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from rolegate import __version__
-from rolegate.errors import Code, RolegateError
+from rolegate.engine.core import PolicyEngine
+from rolegate.engine.requests import BudgetQuery, EscalateRequest, RunRequest
+from rolegate.engine.results import BudgetReport, EscalateResult, RouteResult, RunResult
+from rolegate.policy import RouteRequest
 from rolegate.policy.limits import (
     MAX_COUNT,
     MAX_MESSAGES,
@@ -34,9 +37,9 @@ from rolegate.policy.limits import (
     signal_names,
 )
 from rolegate.server.boundary import GatedServer, ok
+from rolegate.server.caller import McpCaller
 from rolegate.server.consent import ConsentForm, consent_from, make_resolver
-from rolegate.server.models import BudgetReport, EscalateResult, RouteResult, RunResult
-from rolegate.server.service import Rolegate
+from rolegate.server.resources import add_resources
 
 KEYWORD_ONLY = Parameter.KEYWORD_ONLY
 INSTRUCTIONS = (
@@ -93,14 +96,42 @@ def _given(kwargs: dict[str, Any]) -> dict[str, float | bool]:
     return {k: v for k, v in kwargs.items() if k in SIGNALS and v is not None}
 
 
-def build_server(service: Rolegate) -> MCPServer:
-    """An MCPServer exposing ``service``. Configure logging before calling this."""
-    server = GatedServer(
-        name="rolegate", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
-    )
-    server.policy_hash = lambda: service.policy.hash
-    resolve_consent = make_resolver(service)
+def build_server(engine: PolicyEngine, *, close_ledger: bool = False) -> MCPServer:
+    """An MCPServer exposing ``engine``. Configure logging before calling this.
 
+    ``close_ledger``: the server owns the engine's ledger and closes it when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await engine.aclose()
+            ledger = engine.store.ledger
+            if close_ledger and ledger is not None:
+                ledger.close()
+
+    server = GatedServer(
+        name="rolegate",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        lifespan=lifespan,
+    )
+    server.policy_hash = lambda: engine.policy.hash
+    _add_route_task(server, engine)
+    _add_run_role(server, engine)
+    _add_check_budget(server, engine)
+    _add_escalate(server, engine)
+    server.inline_output_schemas()
+    add_resources(server, engine)
+    return server
+
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def _add_route_task(server: MCPServer, engine: PolicyEngine) -> None:
     async def route_task(
         task: Annotated[
             str,
@@ -126,18 +157,33 @@ def build_server(service: Rolegate) -> MCPServer:
         ] = None,
         max_output_tokens: OutputCapArg = None,
     ) -> Annotated[CallToolResult, RouteResult]:
-        request = service.route_request(
-            task,
+        request = RouteRequest(
+            task=task,
             job=job,
             role=role,
             channel=channel,
             context_tokens=context_tokens,
-            needs=needs,
+            needs=tuple(needs or ()),
             local_only=local_only,
             risk=risk,
             max_output_tokens=max_output_tokens,
         )
-        return ok(await service.route_task(request))
+        return ok(await engine.route_task(request))
+
+    server.add_tool(
+        route_task,
+        description="Classify a task and pick the lowest-cost model the policy allows for it, "
+        "or refuse with a reason code. Returns the decision and a decision_id.",
+        # Read-only for the world: the decision record it keeps is the server's bookkeeping,
+        # like its audit line, so clients may run it without asking.
+        annotations=ToolAnnotations(
+            read_only_hint=True, idempotent_hint=True, open_world_hint=False, title="Route task"
+        ),
+    )
+
+
+def _add_run_role(server: MCPServer, engine: PolicyEngine) -> None:
+    resolve_consent = make_resolver(engine)
 
     async def run_role(
         role: Annotated[str, Field(max_length=MAX_NAME_CHARS, description="Role name.")],
@@ -164,24 +210,37 @@ def build_server(service: Rolegate) -> MCPServer:
         channel: Annotated[NameArg, Field(description="Output channel (streaming rules).")] = None,
         local_only: FlagArg = False,
     ) -> Annotated[CallToolResult, RunResult]:
-        return ok(
-            await service.run_role(
-                consent=consent_from(consent),
-                role=role,
-                prompt=prompt or None,
-                messages=messages,
-                system=system or None,
-                job=job,
-                task_id=task_id,
-                stage=stage,
-                decision_id=decision_id,
-                max_output_tokens=max_output_tokens,
-                channel=channel,
-                local_only=local_only,
-                ctx=ctx,
-            )
+        request = RunRequest(
+            role=role,
+            prompt=prompt or None,
+            messages=messages,
+            system=system or None,
+            job=job,
+            task_id=task_id,
+            stage=stage,
+            decision_id=decision_id,
+            max_output_tokens=max_output_tokens,
+            channel=channel,
+            local_only=local_only,
+            consent=consent_from(consent),
         )
+        return ok(await engine.run_role(request, McpCaller(ctx)))
 
+    server.add_tool(
+        run_role,
+        description="Run a prompt on the model the policy binds to a role, under the policy's "
+        "context, locality, allowlist, budget, concurrency and fallback rules.",
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=True,
+            title="Run role",
+        ),
+    )
+
+
+def _add_check_budget(server: MCPServer, engine: PolicyEngine) -> None:
     async def check_budget(
         job: Annotated[NameArg, Field(description="Job name.")] = None,
         role: Annotated[NameArg, Field(description="Role name.")] = None,
@@ -192,7 +251,7 @@ def build_server(service: Rolegate) -> MCPServer:
         input_tokens: Annotated[TokensArg, Field(description="Input tokens, if known.")] = None,
         output_tokens: Annotated[TokensArg, Field(description="Max output tokens.")] = None,
     ) -> Annotated[CallToolResult, BudgetReport]:
-        report = await service.check_budget(
+        query = BudgetQuery(
             job=job,
             role=role,
             model=model,
@@ -200,18 +259,33 @@ def build_server(service: Rolegate) -> MCPServer:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
-        return ok(report)
+        return ok(await engine.check_budget(query))
 
+    server.add_tool(
+        check_budget,
+        description="Report spend, reservations and what is left per budget scope, and whether "
+        "a call of a given size would fit the model's context and the budgets.",
+        annotations=READ_ONLY,
+    )
+
+
+def _escalate_request(kwargs: dict[str, Any]) -> EscalateRequest:
+    return EscalateRequest(
+        role=kwargs["role"],
+        signals=_given(kwargs),
+        job=kwargs["job"],
+        task_id=kwargs["task_id"],
+        reason=kwargs.get("reason") or None,
+        local_only=kwargs["local_only"],
+        consent=consent_from(kwargs["consent"]) if "consent" in kwargs else None,
+    )
+
+
+def _add_escalate(server: MCPServer, engine: PolicyEngine) -> None:
     async def escalation_consent(**kwargs: Any) -> Elicit[ConsentForm] | None:
         """Ask before an escalation whose role demands consent, if one would happen."""
         ctx: Context = kwargs["ctx"]
-        preview = await service.preview_escalation(
-            kwargs["role"],
-            _given(kwargs),
-            job=kwargs["job"],
-            task_id=kwargs["task_id"],
-            local_only=kwargs["local_only"],
-        )
+        preview = await engine.preview_escalation(_escalate_request(kwargs))
         caps = ctx.client_capabilities
         if preview is None or caps is None or caps.elicitation is None:
             return None
@@ -233,16 +307,7 @@ def build_server(service: Rolegate) -> MCPServer:
     )
 
     async def escalate(**kwargs: Any) -> Annotated[CallToolResult, EscalateResult]:
-        result = await service.escalate(
-            kwargs["role"],
-            _given(kwargs),
-            job=kwargs["job"],
-            task_id=kwargs["task_id"],
-            reason=kwargs["reason"] or None,
-            local_only=kwargs["local_only"],
-            consent=consent_from(kwargs["consent"]),
-        )
-        return ok(result)
+        return ok(await engine.escalate(_escalate_request(kwargs)))
 
     _takes_signals(
         escalate,
@@ -270,36 +335,6 @@ def build_server(service: Rolegate) -> MCPServer:
             ),
         },
     )
-
-    read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
-    server.add_tool(
-        route_task,
-        description="Classify a task and pick the lowest-cost model the policy allows for it, "
-        "or refuse with a reason code. Returns the decision and a decision_id.",
-        # Read-only for the world: the decision record it keeps is the server's bookkeeping,
-        # like its audit line, so clients may run it without asking.
-        annotations=ToolAnnotations(
-            read_only_hint=True, idempotent_hint=True, open_world_hint=False, title="Route task"
-        ),
-    )
-    server.add_tool(
-        run_role,
-        description="Run a prompt on the model the policy binds to a role, under the policy's "
-        "context, locality, allowlist, budget, concurrency and fallback rules.",
-        annotations=ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=True,
-            title="Run role",
-        ),
-    )
-    server.add_tool(
-        check_budget,
-        description="Report spend, reservations and what is left per budget scope, and whether "
-        "a call of a given size would fit the model's context and the budgets.",
-        annotations=read_only,
-    )
     server.add_tool(
         escalate,
         name="escalate",
@@ -313,56 +348,3 @@ def build_server(service: Rolegate) -> MCPServer:
             title="Escalate",
         ),
     )
-
-    server.inline_output_schemas()
-
-    @server.resource(
-        "rolegate://policy",
-        name="policy",
-        title="Active policy",
-        description="The active policy as canonical JSON, with its hash.",
-        mime_type="application/json",
-    )
-    def policy_resource() -> str:
-        p = service.policy
-        return json.dumps(
-            {
-                "name": p.name,
-                "revision": p.revision,
-                "hash": p.hash,
-                "source": p.source,
-                "policy": json.loads(p.canonical_json),
-            },
-            separators=(",", ":"),
-        )
-
-    @server.resource(
-        "rolegate://roles",
-        name="roles",
-        title="Roles and models",
-        description="Each role's model, fallback chain, escalation ladder and context limits.",
-        mime_type="application/json",
-    )
-    def roles_resource() -> str:
-        return json.dumps(service.roles_overview(), separators=(",", ":"))
-
-    @server.resource(
-        "rolegate://tasks/{task_id}",
-        name="task",
-        title="Task",
-        description="A task's stages, owners, critiques and escalations.",
-        mime_type="application/json",
-    )
-    async def task_resource(task_id: str) -> str:
-        try:
-            task = await service.task_view(task_id)
-        except RolegateError as exc:
-            raise ResourceNotFoundError(str(exc)) from None
-        if task is None:
-            raise ResourceNotFoundError(
-                f"{Code.UNKNOWN_TASK}: no task with this id has a record (an owner output, an "
-                "escalation or a critique) in this ledger"
-            )
-        return json.dumps(task, separators=(",", ":"))
-
-    return server

@@ -12,7 +12,6 @@ It also writes the one log line per call (ids, codes, counts, timing; never text
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,24 +22,12 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import BaseModel, ValidationError
 
+from rolegate.engine.text import encodable
 from rolegate.errors import Code, RolegateError
-from rolegate.server.logs import get_logger
+from rolegate.logs import get_logger
 
 log = get_logger()
 _SHOWN_NAME_CHARS = 64
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def encodable(text: str) -> str:
-    """``text`` with lone surrogates (which no UTF-8 transport can carry: a model's broken
-    output, or a caller's) replaced by U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
 
 
 def _encodable_data(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Asking the user before an "ask first" fallback (seed 003), in both protocol eras.
+"""Asking the user before an "ask first" fallback or an escalation, in both protocol eras.
 
 Up front: a Resolve/Elicit parameter of run_role, which works in the handshake
 era and in 2026-07-28 (where the server cannot send requests mid-call). Mid-call:
@@ -19,7 +19,9 @@ from mcp.server.mcpserver import (
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, Field
 
-from rolegate.server.run import Consent
+from rolegate.engine.consent import consent_message
+from rolegate.engine.core import PolicyEngine
+from rolegate.engine.requests import Consent
 
 
 class ConsentForm(BaseModel):
@@ -46,7 +48,7 @@ async def elicit_consent(ctx: Context, message: str, form: type[ConsentForm]) ->
     return False
 
 
-def make_resolver(service: Any) -> Any:
+def make_resolver(engine: PolicyEngine) -> Any:
     async def resolve_consent(
         ctx: Context,
         role: str,
@@ -54,14 +56,12 @@ def make_resolver(service: Any) -> Any:
         local_only: bool = False,
         decision_id: str | None = None,
     ) -> Elicit[ConsentForm] | None:
-        needed = await service.consent_needed(role, job, local_only, decision_id)
+        needed = await engine.consent_needed(role, job, local_only, decision_id)
         if needed is None:
             return None
         caps = ctx.client_capabilities
         if caps is None or caps.elicitation is None:
             return None  # cannot ask: run_role refuses with NEEDS_CONSENT if the model fails
-        from rolegate.server.service import consent_message
-
         primary, alternates = needed
         return Elicit(
             consent_message(primary, " then ".join(alternates), "PROVIDER_UNAVAILABLE"),

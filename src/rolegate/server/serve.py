@@ -8,7 +8,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from rolegate.errors import PluginError, PolicyError, RolegateError
+from rolegate.errors import PluginError, PolicyError, PolicyInvalidError, RolegateError
+from rolegate.logs import configure_logging, get_logger, install_excepthooks
 from rolegate.policy import Policy, load_default_policy, load_policy
 from rolegate.server.http import (
     DEFAULT_HEADER_TIMEOUT_S,
@@ -20,14 +21,22 @@ from rolegate.server.http import (
     run_http,
     transport_security,
 )
-from rolegate.server.logs import configure_logging, get_logger, install_excepthooks
 
 __all__ = ["BearerAuth", "is_loopback", "load_for_serving", "serve"]
 
 
-def load_for_serving(path: str | None) -> Policy | None:
-    from rolegate.server.cli import report_policy_error
+def report_policy_error(path: str, exc: PolicyError) -> None:
+    """Print a policy error as `rolegate check` and `rolegate serve` both show it."""
+    if isinstance(exc, PolicyInvalidError):
+        for problem in exc.problems:
+            print(problem.render(exc.source), file=sys.stderr)
+        print(f"{path}: INVALID ({len(exc.problems)} error(s))", file=sys.stderr)
+    else:
+        print(exc.message, file=sys.stderr)
+        print(f"{path}: INVALID", file=sys.stderr)
 
+
+def load_for_serving(path: str | None) -> Policy | None:
     try:
         return load_default_policy() if path is None else load_policy(path)
     except PolicyError as exc:
@@ -71,17 +80,17 @@ def serve(args: argparse.Namespace) -> int:
     policy = load_for_serving(args.policy)
     if policy is None:
         return 1
-    from rolegate.server.bootstrap import build_service, open_policy_ledger
+    from rolegate.engine.bootstrap import build_engine, open_policy_ledger
 
     try:
         ledger = open_policy_ledger(policy, args.ledger)
-        service = build_service(policy, block=args.block, ledger=ledger)
+        engine = build_engine(policy, block=args.block, ledger=ledger)
     except (RolegateError, PluginError) as exc:
         print(f"rolegate: {exc}", file=sys.stderr)
         return 1
     from rolegate.server.app import build_server
 
-    server = build_server(service)
+    server = build_server(engine, close_ledger=True)
     log = get_logger()
     log.info(
         "server_start",

@@ -9,25 +9,21 @@ what it produced, and a call that never started is released.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import anyio
 
+from rolegate.engine.store import Store
 from rolegate.errors import Code, LedgerError
 from rolegate.ledger.base import default_owner
+from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult
+from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
-from rolegate.server.logs import get_logger
-
-if TYPE_CHECKING:
-    from rolegate.server.service import Rolegate
 
 log = get_logger()
 OWNER = default_owner()
-SWEEP_EVERY_S = 60.0
 COMMIT_ATTEMPTS = 3
 
 
@@ -48,19 +44,29 @@ class Call:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Outcome:
+    """How a provider call ended, for settling it."""
+
+    result: ChatResult | None = None
+    partial: int | None = None  # output tokens produced before a break, if the provider says
+    chunks: int = 0
+    code: str = "CANCELLED"  # unless the call returns or fails with a code
+    elapsed_s: float = 0.0
+
+
 async def reserve(
-    service: Rolegate, call: Call, *, role: str, job: str | None, lease_s: float
+    policy: Policy, store: Store, call: Call, *, role: str, job: str | None, lease_s: float
 ) -> None:
     """Admit the call's worst case against every budget it touches, or raise."""
-    ledger = service.ledger
+    ledger = store.ledger
     assert ledger is not None
-    now = service.clock()
-    if time.monotonic() - service.last_sweep > SWEEP_EVERY_S:
+    now = store.clock()
+    if store.sweep_due():
         # Reservations of processes that died (kill -9) stop counting at expiry; sweeping
         # also marks them so, for people reading the ledger.
-        service.last_sweep = time.monotonic()
         await anyio.to_thread.run_sync(lambda: ledger.sweep(now))
-    spool = service.spool
+    spool = store.spool
     if spool is not None and spool.pending():
         # Spend that could not be committed earlier counts before anything new is admitted;
         # while any of it is still waiting, admission fails closed.
@@ -72,9 +78,7 @@ async def reserve(
                 "admission fails closed until it does"
             )
     info = call.info
-    lines = service.policy.budgets_touching(
-        job=job, role=role, model=info.id, provider=info.model.provider
-    )
+    lines = policy.budgets_touching(job=job, role=role, model=info.id, provider=info.model.provider)
     await anyio.to_thread.run_sync(
         lambda: ledger.reserve(
             request_id=call.request_id,
@@ -89,32 +93,24 @@ async def reserve(
     call.reserved = True
 
 
-async def settle(
-    service: Rolegate,
-    call: Call,
-    result: ChatResult | None,
-    partial: int | None,
-    chunks: int,
-    *,
-    code: str,
-    elapsed_s: float,
-) -> None:
+async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> None:
     """Commit what was used (real usage, worst case if unreported, partial on a break),
     or release a call that produced nothing; the call's audit record goes in the same
     transaction."""
-    ledger = service.ledger
+    ledger = store.ledger
     if ledger is None or not call.reserved:
         return
-    now = service.clock()
+    now = store.clock()
+    result, partial, chunks = outcome.result, outcome.partial, outcome.chunks
     record = {
         **call.context,
         "kind": "call",
         "request_id": call.request_id,
         "model": call.info.id,
         "provider": call.info.model.provider,
-        "policy_hash": service.policy.hash,
-        "code": code,
-        "ms": round(elapsed_s * 1000, 3),
+        "policy_hash": policy.hash,
+        "code": outcome.code,
+        "ms": round(outcome.elapsed_s * 1000, 3),
     }
     if result is None and partial is None and chunks == 0:
         record.update(input_tokens=call.input_tokens, output_tokens=0, cost_micro=0)
@@ -125,6 +121,8 @@ async def settle(
         except LedgerError:
             # Nothing was spent; the reservation stops counting when its lease expires.
             log.warning("ledger_release_failed", request_id=call.request_id)
+        else:
+            store.delivered(record)
         return
     if result is not None and result.output_tokens is not None:
         inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
@@ -144,17 +142,16 @@ async def settle(
             )
         except LedgerError:
             if attempt == COMMIT_ATTEMPTS:
-                spool_charge(
-                    service, call, cost_micro=cost, tokens=inp + out, now=now, audit=record
-                )
+                spool_charge(store, call, cost_micro=cost, tokens=inp + out, now=now, audit=record)
                 return
             await anyio.sleep(0.05 * attempt)
         else:
+            store.delivered(record)
             return
 
 
 def spool_charge(
-    service: Rolegate,
+    store: Store,
     call: Call,
     *,
     cost_micro: int,
@@ -163,7 +160,7 @@ def spool_charge(
     audit: dict[str, object],
 ) -> None:
     """The money is spent but the ledger cannot take it: keep it on disk, never lose it."""
-    spool = service.spool
+    spool = store.spool
     log_fields: dict[str, object] = {
         "request_id": call.request_id,
         "model": call.info.id,

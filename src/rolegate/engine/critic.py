@@ -11,19 +11,16 @@ task; it never replaces or rewrites the owner output.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from rolegate.engine.results import Critique, RunResult
+from rolegate.engine.store import Store
 from rolegate.errors import Code, RefusedError
 from rolegate.policy import Policy
-from rolegate.server.models import Critique, RunResult
-
-if TYPE_CHECKING:
-    from rolegate.server.service import Rolegate
 
 
-async def check_critic_allowed(service: Rolegate, role: str, task_id: str | None) -> None:
+async def check_critic_allowed(
+    policy: Policy, store: Store, role: str, task_id: str | None
+) -> None:
     """Refuse a sidecar run that the pipeline's critic mode does not allow."""
-    policy = service.policy
     if policy.doc.roles[role].authority != "sidecar":
         return
     mode = policy.doc.pipeline.critic
@@ -32,7 +29,7 @@ async def check_critic_allowed(service: Rolegate, role: str, task_id: str | None
             f"{role!r} is a critic and this policy's pipeline.critic is 'never': no critic runs",
             code=Code.CRITIC_NOT_ALLOWED,
         )
-    if mode == "on_escalation" and not (task_id and await service.was_escalated(task_id)):
+    if mode == "on_escalation" and not (task_id and await store.was_escalated(task_id)):
         raise RefusedError(
             f"{role!r} is a critic and this policy runs critics only as a second opinion after "
             "an escalation (pipeline.critic: on_escalation); escalate the task first, with "

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from rolegate.policy import Policy
 from rolegate.policy.decision import Decision, OutputModel, PolicyRef
 from rolegate.policy.escalation import EscalationDecision
 
@@ -159,3 +160,7 @@ class EscalateResult(EscalationDecision):
     consent: Literal["granted", "declined", "not_asked"] | None = Field(
         default=None, description="The user's answer where the policy demands consent."
     )
+
+
+def policy_ref(policy: Policy) -> PolicyRef:
+    return PolicyRef(name=policy.name, revision=policy.revision, hash=policy.hash)

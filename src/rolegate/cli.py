@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from rolegate import __version__
-from rolegate.errors import LedgerError, PluginError, PolicyError, PolicyInvalidError, RequestError
+from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
 from rolegate.policy.loader import default_policy_text
 from rolegate.policy.schema import PolicyDocument
@@ -18,18 +18,9 @@ def _load(path: str | None) -> Policy:
     return load_default_policy() if path is None else load_policy(path)
 
 
-def report_policy_error(path: str, exc: PolicyError) -> None:
-    """Print a policy error the way `rolegate check` does (serve uses this too)."""
-    if isinstance(exc, PolicyInvalidError):
-        for problem in exc.problems:
-            print(problem.render(exc.source), file=sys.stderr)
-        print(f"{path}: INVALID ({len(exc.problems)} error(s))", file=sys.stderr)
-    else:
-        print(exc.message, file=sys.stderr)
-        print(f"{path}: INVALID", file=sys.stderr)
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
+    from rolegate.server.serve import report_policy_error
+
     failed = False
     for path in args.policy:
         try:
@@ -94,13 +85,15 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:
-    from rolegate.server.bootstrap import open_policy_ledger
-    from rolegate.server.service import Rolegate
+    from rolegate.engine.bootstrap import open_policy_ledger
+    from rolegate.engine.budgets import budget_report
+    from rolegate.engine.requests import BudgetQuery
+    from rolegate.engine.store import Store
 
     policy = _load(args.policy)
     ledger = open_policy_ledger(policy, args.ledger)
     try:
-        report = Rolegate(policy, ledger=ledger).budget_report(
+        query = BudgetQuery(
             job=args.job,
             role=args.role,
             model=args.model,
@@ -108,6 +101,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
             input_tokens=args.input_tokens,
             output_tokens=args.output_tokens,
         )
+        report = budget_report(policy, Store(policy, ledger=ledger), query)
     finally:
         ledger.close()
     print(report.model_dump_json(indent=2))
@@ -115,7 +109,7 @@ def _cmd_budget(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from rolegate.server.bootstrap import open_policy_ledger
+    from rolegate.engine.bootstrap import open_policy_ledger
 
     ledger = open_policy_ledger(_load(args.policy), args.ledger)
     try:

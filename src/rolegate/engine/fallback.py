@@ -11,42 +11,23 @@ mid-call, else the run is refused with NEEDS_CONSENT naming the model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rolegate.engine.accounting import Call
+from rolegate.engine.calls import CallRunner
+from rolegate.engine.consent import allowed_steps, ask_consent, declared_steps
+from rolegate.engine.constraints import Constraints
+from rolegate.engine.requests import Caller, Consent
+from rolegate.engine.results import FallbackInfo, FallbackStep
 from rolegate.errors import Code, ProviderError, RefusedError, RolegateError
+from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult, Message
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.decision import NO_USAGE
 from rolegate.policy.router import fallback_refusal
-from rolegate.server.accounting import Call
-from rolegate.server.constraints import Constraints
-from rolegate.server.logs import get_logger
-from rolegate.server.models import FallbackInfo, FallbackStep
-
-if TYPE_CHECKING:
-    from rolegate.server.run import Consent
-    from rolegate.server.runner import Runner
-    from rolegate.server.service import Rolegate
 
 log = get_logger()
-
-
-def declared_steps(policy: Policy, role: str, failed: str) -> list[str]:
-    """The declared models after ``failed`` in the role's chain (none if it is not in it)."""
-    role_def = policy.doc.roles[role]
-    chain = [role_def.model, *role_def.fallback.models]
-    return chain[chain.index(failed) + 1 :] if failed in chain else []
-
-
-def allowed_steps(policy: Policy, limits: Constraints, failed: str) -> list[str]:
-    """The steps after ``failed`` that the run's constraints allow before any count or
-    budget is known: what an up-front consent question names."""
-    return [
-        mid
-        for mid in declared_steps(policy, limits.role, failed)
-        if _static_refusal(policy, limits, policy.models[mid]) is None
-    ]
 
 
 def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Any:
@@ -64,27 +45,26 @@ def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Any
 
 
 async def call_with_fallback(
-    runner: Runner,
-    service: Rolegate,
+    runner: CallRunner,
     limits: Constraints,
     info: ModelInfo,
     chat: list[Message],
     *,
     context: dict[str, object],
-    ctx: Any,
+    caller: Caller,
     consent: Consent | None,
 ) -> tuple[Call, ChatResult, FallbackInfo | None]:
-    call = await runner.admit(service, info, chat, limits)
+    call = await runner.admit(info, chat, limits)
     call.context.update(context, attempt=1)
     try:
-        return call, await runner.invoke(service, call, chat, limits, ctx=ctx), None
+        return call, await runner.invoke(call, chat, limits, caller), None
     except ProviderError as exc:
         first = exc
     fallback = runner.policy.doc.roles[limits.role].fallback
     steps = declared_steps(runner.policy, limits.role, info.id)
     if str(first.code) not in fallback.on or not steps:
         raise first
-    walk = _Walk(runner, service, limits, info, first, consent)
+    walk = _Walk(runner, limits, info, first, consent)
     for mid in steps:
         step_info = runner.policy.models[mid]
         if not await walk.allowed(step_info):
@@ -92,19 +72,19 @@ async def call_with_fallback(
         # Every rule first (context + reserve, budgets), then consent, then the reservation:
         # nobody is asked about, and no switch is recorded to, a step that is refused.
         try:
-            call = await runner.check(service, step_info, chat, limits)
+            call = await runner.check(step_info, chat, limits)
         except RefusedError as exc:
             await walk.refused(step_info, exc.code, exc.message)
             continue
-        await walk.approve(step_info, ctx)
+        await walk.approve(step_info, caller)
         try:
-            await runner.reserve(service, call, limits)
+            await runner.reserve(call, limits)
         except RefusedError as exc:
             await walk.refused(step_info, exc.code, exc.message)
             continue
         call.context.update(context, attempt=1, fallback_from=info.id)
         try:
-            result = await runner.invoke(service, call, chat, limits, ctx=ctx)
+            result = await runner.invoke(call, chat, limits, caller)
         except ProviderError as exc:
             if str(exc.code) not in fallback.on:
                 raise
@@ -119,15 +99,14 @@ class _Walk:
 
     def __init__(
         self,
-        runner: Runner,
-        service: Rolegate,
+        runner: CallRunner,
         limits: Constraints,
         primary: ModelInfo,
         failure: ProviderError,
         consent: Consent | None,
     ) -> None:
         self.policy = runner.policy
-        self.service = service
+        self.store = runner.store
         self.limits = limits
         self.primary = primary
         self.reason = str(failure.code)
@@ -150,13 +129,13 @@ class _Walk:
     async def refused(self, info: ModelInfo, code: str, message: str) -> None:
         self.path.append(FallbackStep(model=info.id, code=code, outcome="refused"))
         self.last = RefusedError(message, code=Code(code))
-        await self.service.audit(self._record("fallback_refused", info, code, None))
+        await self.store.audit(self._record("fallback_refused", info, code, None))
 
     def failed(self, info: ModelInfo, exc: ProviderError) -> None:
         self.path.append(FallbackStep(model=info.id, code=str(exc.code), outcome="failed"))
         self.current, self.failure, self.last = info, exc, exc
 
-    async def approve(self, info: ModelInfo, ctx: Any) -> None:
+    async def approve(self, info: ModelInfo, caller: Caller) -> None:
         """Consent for this step where the chain asks, or raise NEEDS_CONSENT."""
         mode = self.policy.doc.roles[self.limits.role].fallback.mode
         if mode == "auto":
@@ -167,7 +146,9 @@ class _Walk:
             self.how = "user"
         else:
             why = str(self.failure.code)
-            granted = await self.service.ask_consent(ctx, self.current.id, info.id, why)
+            granted = await ask_consent(
+                self.policy, self.store, caller, self.current.id, info.id, why
+            )
             if granted is not True:
                 reason = "the user declined" if granted is False else "this client cannot be asked"
                 raise self._needs_consent(info, reason)
@@ -182,7 +163,7 @@ class _Walk:
             policy_hash=self.policy.hash,
         )
         code = str(self.failure.code)
-        await self.service.audit(self._record("fallback", self.current, code, info))
+        await self.store.audit(self._record("fallback", self.current, code, info))
 
     def done(self, info: ModelInfo) -> FallbackInfo:
         self.path.append(FallbackStep(model=info.id, code="OK", outcome="ok", consent=self.how))

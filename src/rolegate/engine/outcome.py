@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rolegate.engine.accounting import Call
+from rolegate.engine.constraints import Constraints
+from rolegate.engine.results import ContractReport, FallbackInfo, RunResult, Usage, policy_ref
+from rolegate.engine.stages import record_output
+from rolegate.engine.store import Store
 from rolegate.errors import RolegateError
+from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult
 from rolegate.policy import BudgetSnapshot, Policy
 from rolegate.policy.contracts import check_output
 from rolegate.policy.escalation import EscalationDecision, EscalationRequest, escalate
-from rolegate.server.accounting import Call
-from rolegate.server.constraints import Constraints
-from rolegate.server.logs import get_logger
-from rolegate.server.models import ContractReport, FallbackInfo, RunResult, Usage
-
-if TYPE_CHECKING:
-    from rolegate.server.service import Rolegate
 
 log = get_logger()
 
@@ -74,7 +73,8 @@ def usage_of(call_input: int, exact: bool, max_output: int, result: ChatResult) 
 
 
 async def finish_run(
-    service: Rolegate,
+    policy: Policy,
+    store: Store,
     *,
     limits: Constraints,
     call: Call,
@@ -88,7 +88,6 @@ async def finish_run(
 ) -> RunResult:
     """The result of a paid call. Nothing after the call may drop its output: a contract the
     output breaks is reported, a ledger that fails is a warning, never an error."""
-    policy = service.policy
     role, info = limits.role, call.info
     usage = usage_of(call.input_tokens, call.input_exact, call.max_output, result)
     cost = info.worst_case_cost_micro(usage.input_tokens, usage.output_tokens)
@@ -99,21 +98,22 @@ async def finish_run(
     authority = policy.doc.roles[role].authority
     try:
         if task_id:
-            step = await service.escalation_step(task_id, role)
-            await service.record_run(
-                task_id,
-                stage,
-                role,
-                authority,
-                info.id,
-                call.request_id,
+            step = await store.escalation_step(task_id, role)
+            await record_output(
+                policy,
+                store,
+                task_id=task_id,
+                stage=stage,
+                role=role,
+                model=info.id,
+                request_id=call.request_id,
                 claim=claim,
                 contract_valid=None if report is None else report.valid,
             )
     except RolegateError as exc:  # the ledger failed, or the claim's lease ran out
         warnings.append(f"{exc.code}: the task record could not be written: {exc.message}")
     try:
-        snapshot = await service.snapshot()
+        snapshot = await store.snapshot()
     except RolegateError as exc:
         warnings.append(f"{exc.code}: the escalation this output may call for was not checked "
                         f"against the budgets: {exc.message}")  # fmt: skip
@@ -159,7 +159,7 @@ async def finish_run(
         stage=stage,
         attempts=attempts,
         authoritative=authority != "sidecar",
-        policy=service.policy_ref,
+        policy=policy_ref(policy),
         judge_required=judge,
         warnings=warnings,
     )

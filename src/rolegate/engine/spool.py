@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rolegate.errors import LedgerError, RolegateError
 from rolegate.ledger import Ledger, SqliteLedger, default_path
-from rolegate.server.logs import get_logger
+from rolegate.logs import get_logger
 
 log = get_logger()
 

@@ -1,15 +1,20 @@
-"""check_budget's answers: per-scope reports and whether a given call would be admitted."""
+"""check_budget: spend and what is left per budget scope, and whether a given call would fit."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import anyio
+
+from rolegate.engine.requests import BudgetQuery
+from rolegate.engine.results import BudgetReport, CallCheck, ScopeReport, policy_ref
+from rolegate.engine.store import Store
 from rolegate.errors import Code, RequestError
 from rolegate.policy import BudgetSnapshot, Policy
 from rolegate.policy.budget import left_micro, left_tokens, overrun, window_label, window_reset
 from rolegate.policy.compiled import BudgetLine
+from rolegate.policy.limits import check_count, check_name
 from rolegate.policy.tokens import estimate_method, estimate_tokens
-from rolegate.server.models import CallCheck, ScopeReport
 
 
 def scope_report(line: BudgetLine, now: datetime, snapshot: BudgetSnapshot) -> ScopeReport:
@@ -99,4 +104,44 @@ def call_check(
         code=code,
         refusing_scope=refusing,
         message=message,
+    )
+
+
+async def check_budget(policy: Policy, store: Store, query: BudgetQuery) -> BudgetReport:
+    """``budget_report`` off the event loop (it reads the ledger)."""
+    return await anyio.to_thread.run_sync(lambda: budget_report(policy, store, query))
+
+
+def _check_query(policy: Policy, q: BudgetQuery) -> None:
+    doc = policy.doc
+    for value, what in ((q.job, "job"), (q.role, "role"), (q.model, "model")):
+        check_name(value, what)
+    check_count(q.input_tokens, "input_tokens")
+    check_count(q.output_tokens, "output_tokens")
+    if q.job is not None and q.job not in doc.jobs:
+        raise RequestError(f"unknown job {q.job!r}", code=Code.UNKNOWN_JOB)
+    if q.role is not None and q.role not in doc.roles:
+        raise RequestError(f"unknown role {q.role!r}", code=Code.UNKNOWN_ROLE)
+    if q.model is not None and q.model not in doc.models:
+        raise RequestError(
+            f"unknown model {q.model!r}; the policy defines {sorted(doc.models)}",
+            code=Code.UNKNOWN_MODEL,
+        )
+    if q.text is not None and q.input_tokens is not None:
+        raise RequestError("give text or input_tokens, not both", code=Code.INVALID_ARGUMENT)
+
+
+def budget_report(policy: Policy, store: Store, q: BudgetQuery) -> BudgetReport:
+    """Every budget line's report and, when the query names a call, whether it fits."""
+    _check_query(policy, q)
+    now = store.clock()
+    snapshot = store.usage.snapshot(policy, now)
+    scopes = [scope_report(line, now, snapshot) for line in policy.budgets]
+    check = None
+    if q.text is not None or q.input_tokens is not None or q.model or q.role or q.job:
+        check = call_check(
+            policy, q.job, q.role, q.model, q.text, q.input_tokens, q.output_tokens, snapshot
+        )
+    return BudgetReport(
+        policy=policy_ref(policy), ledger=store.usage.description, scopes=scopes, check=check
     )

@@ -1,0 +1,51 @@
+"""route_task: the router's decision, stored so that run_role can be bound to it."""
+
+from __future__ import annotations
+
+import uuid
+
+from rolegate.engine.results import RouteResult
+from rolegate.engine.store import Store
+from rolegate.errors import Code, RequestError
+from rolegate.policy import Decision, Policy, RouteRequest, route
+
+
+async def route_task(policy: Policy, store: Store, request: RouteRequest) -> RouteResult:
+    """The router's decision, stored under a decision_id (usable from any process on the
+    same ledger) and audited in the same transaction (ids, no text)."""
+    decision = route(request, policy, await store.snapshot())
+    decision_id = "dec_" + uuid.uuid4().hex
+    audit: dict[str, object] = {
+        "kind": "decision",
+        "decision_id": decision_id,
+        "outcome": decision.outcome,
+        "code": decision.code,
+        "intent": decision.intent,
+        "job": decision.job,
+        "role": decision.role,
+        "model": decision.model,
+        "input_tokens": decision.tokens.input_tokens if decision.tokens else None,
+        "policy_hash": policy.hash,
+    }
+    await store.put_decision(decision_id, decision.model_dump(mode="json"), audit)
+    # The decision was validated when the router built it: no second validation.
+    fields = {name: getattr(decision, name) for name in type(decision).model_fields}
+    return RouteResult.model_construct(decision_id=decision_id, **fields)
+
+
+async def load_decision(policy: Policy, store: Store, decision_id: str) -> Decision:
+    """A stored decision made under the active policy, or UNKNOWN_DECISION."""
+    found = await store.get_decision(decision_id)
+    if found is None:
+        raise RequestError(
+            f"unknown decision_id {decision_id!r}; route the task again with route_task",
+            code=Code.UNKNOWN_DECISION,
+        )
+    decision = Decision.model_validate(found)
+    if decision.policy.hash != policy.hash:
+        raise RequestError(
+            f"decision {decision_id} was made under another policy "
+            f"({decision.policy.hash}); route the task again",
+            code=Code.UNKNOWN_DECISION,
+        )
+    return decision
