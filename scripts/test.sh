@@ -39,5 +39,6 @@ if [ -z "${ROLEGATE_INSPECTOR:-}" ] && [ -f scripts/setup_inspector.sh ]; then
 fi
 
 echo "== ruff"; "$VENV/bin/ruff" check src tests benchmarks examples
+echo "== import-linter (layers, no cycles)"; "$VENV/bin/lint-imports"
 echo "== mypy --strict src"; "$VENV/bin/mypy" src
 echo "== pytest"; "$VENV/bin/pytest" "$@"

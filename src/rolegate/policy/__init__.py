@@ -1,4 +1,6 @@
-"""The policy: schema, loading, hashing, routing. Pure: no network, no MCP."""
+"""The policy: schema, loading, hashing, routing, escalation and budget arithmetic.
+
+Pure: no network, no MCP, no imports from the other rolegate packages but errors."""
 
 from rolegate.policy.compiled import Policy, canonical_json
 from rolegate.policy.decision import BudgetSnapshot, Decision, RouteRequest, ScopeUsage
