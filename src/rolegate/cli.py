@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rolegate import __version__
 from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
@@ -153,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--risk", choices=["low", "normal", "high"])
     p.add_argument("--max-output-tokens", type=int)
     p.set_defaults(func=_cmd_route)
+    _add_tools(sub)
+    return parser
 
+
+def _add_tools(sub: Any) -> None:
     p = sub.add_parser("policy", help="policy utilities")
     psub = p.add_subparsers(dest="policy_command", required=True)
     for name, text in (
@@ -186,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins found, their distribution and what they add")
     p.add_argument("--block", action="append", default=[], help="block a plugin by name")
     p.set_defaults(func=_cmd_plugins)
+    _add_serve(sub.add_parser("serve", help="run the MCP server (stdio by default)"))
 
-    p = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="policy file (default: the embedded policy)")
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     p.add_argument("--host", default="127.0.0.1")
@@ -224,7 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", action="append", default=[], help="block a plugin by name")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_cmd_serve)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,12 +12,11 @@ from rolegate.engine.store import Store
 from rolegate.errors import Code, RolegateError
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.logs import ensure_configured
+from rolegate.plugins.kinds import default_prompts, resolve_role_kinds
 from rolegate.plugins.manager import Registry, build_registry
+from rolegate.plugins.sinks import AuditSinks
 from rolegate.policy import Policy
 from rolegate.policy.budget import utcnow
-
-#: The role kind a role's authority implies, where the role names none.
-KIND_OF_AUTHORITY = {"owner": "owner", "sidecar": "critic", "judge": "judge"}
 
 
 def build_engine(
@@ -41,18 +40,10 @@ def build_engine(
             "install the plugin or unblock it",
             code=Code.PROVIDER_UNAVAILABLE,
         )
-    store = Store(policy, ledger=ledger, clock=clock)
-    return PolicyEngine(policy, store, pool=pool, prompts=role_prompts(policy, registry))
-
-
-def role_prompts(policy: Policy, registry: Registry) -> dict[str, str]:
-    """Each role's default system prompt: its kind's, where the kind has one."""
-    out: dict[str, str] = {}
-    for name, role in policy.doc.roles.items():
-        kind = registry.roles.get(KIND_OF_AUTHORITY[role.authority])
-        if kind is not None and kind.system_prompt:
-            out[name] = kind.system_prompt
-    return out
+    kinds = resolve_role_kinds(policy.doc.roles, registry.roles)  # PLUGIN_ERROR if unknown
+    sinks = AuditSinks.from_registry(registry)
+    store = Store(policy, ledger=ledger, clock=clock, sinks=sinks)
+    return PolicyEngine(policy, store, pool=pool, prompts=default_prompts(kinds))
 
 
 def open_policy_ledger(policy: Policy, url: str | None) -> Ledger:

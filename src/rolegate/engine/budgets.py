@@ -11,7 +11,14 @@ from rolegate.engine.results import BudgetReport, CallCheck, ScopeReport, policy
 from rolegate.engine.store import Store
 from rolegate.errors import Code, RequestError
 from rolegate.policy import BudgetSnapshot, Policy
-from rolegate.policy.budget import left_micro, left_tokens, overrun, window_label, window_reset
+from rolegate.policy.budget import (
+    left_micro,
+    left_tokens,
+    overrun,
+    usd,
+    window_label,
+    window_reset,
+)
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.limits import check_count, check_name
 from rolegate.policy.tokens import estimate_method, estimate_tokens
@@ -38,6 +45,24 @@ def scope_report(line: BudgetLine, now: datetime, snapshot: BudgetSnapshot) -> S
     )
 
 
+def _target(
+    policy: Policy, job: str | None, role: str | None, model: str | None
+) -> tuple[str | None, str]:
+    """The (role, model) a check is about: the model named, else the role's, else the job's
+    role's, else the default role's."""
+    doc = policy.doc
+    if role is None and model is None:
+        role = doc.jobs[job].role if job is not None else doc.defaults.role
+    if model is None:
+        if role is None:
+            raise RequestError(
+                "name a model, a role or a job to check a call against",
+                code=Code.INVALID_ARGUMENT,
+            )
+        model = doc.roles[role].model
+    return role, model
+
+
 def call_check(
     policy: Policy,
     job: str | None,
@@ -50,15 +75,7 @@ def call_check(
 ) -> CallCheck:
     """Would a call of this size be admitted: context, then every budget it touches?"""
     doc = policy.doc
-    if role is None and model is None:
-        role = doc.jobs[job].role if job is not None else doc.defaults.role
-    if model is None:
-        if role is None:
-            raise RequestError(
-                "name a model, a role or a job to check a call against",
-                code=Code.INVALID_ARGUMENT,
-            )
-        model = doc.roles[role].model
+    role, model = _target(policy, job, role, model)
     info = policy.models[model]
     settings = doc.token_estimate
     if input_tokens is None:
@@ -69,13 +86,15 @@ def call_check(
     out = output_tokens if output_tokens is not None else doc.defaults.max_output_tokens
     fits_context = info.max_input_tokens is not None and tokens <= info.max_input_tokens
     cost = info.worst_case_cost_micro(tokens, out)
-    refusing: str | None = None
-    for line in policy.budgets_touching(
-        job=job, role=role, model=model, provider=info.model.provider
-    ):
-        if overrun(line, snapshot.get(line.id), cost_micro=cost, tokens=tokens + out):
-            refusing = line.id
-            break
+    lines = policy.budgets_touching(job=job, role=role, model=model, provider=info.model.provider)
+    refusing = next(
+        (
+            line.id
+            for line in lines
+            if overrun(line, snapshot.get(line.id), cost_micro=cost, tokens=tokens + out)
+        ),
+        None,
+    )
     if info.max_input_tokens is None:
         code, message = Code.NO_POLICY, f"{model} has no context policy: never admitted"
     elif not fits_context:
@@ -86,7 +105,7 @@ def call_check(
         )
     elif refusing is not None:
         code = Code.BUDGET_EXHAUSTED
-        message = f"worst case ${cost / 1e6:,.6f} does not fit budget {refusing}"
+        message = f"worst case {usd(cost)} does not fit budget {refusing}"
     else:
         code, message = Code.ROUTED, f"fits {model}'s context and every budget it touches"
     return CallCheck(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rolegate.engine.routing import load_decision
 from rolegate.engine.store import Store
 from rolegate.errors import Code, RefusedError, RequestError
-from rolegate.policy import Policy
+from rolegate.policy import Decision, Policy
 from rolegate.policy.limits import check_count, check_name
 
 
@@ -40,49 +40,70 @@ async def resolve_constraints(
 ) -> Constraints:
     """What binds every call of this run: the caller's arguments and, with a decision_id,
     every constraint the decision was made under (they can be added to, never dropped)."""
-    doc = policy.doc
     for value, what in ((role, "role"), (job, "job"), (channel, "channel")):
         check_name(value, what)
     check_count(max_output_tokens, "max_output_tokens", low=1)
-    if role not in doc.roles:
+    if role not in policy.doc.roles:
         raise RequestError(
-            f"unknown role {role!r}; the policy defines {sorted(doc.roles)}", code=Code.UNKNOWN_ROLE
+            f"unknown role {role!r}; the policy defines {sorted(policy.doc.roles)}",
+            code=Code.UNKNOWN_ROLE,
         )
-    needs: frozenset[str] = frozenset()
-    risk: str | None = None
-    model: str | None = None
+    given = Constraints(
+        role=role,
+        job=job,
+        local_only=local_only,
+        channel=channel,
+        risk=None,
+        needs=frozenset(),
+        max_output=max_output_tokens or 0,  # 0: not given
+    )
     if decision_id is not None:
         check_name(decision_id, "decision_id")
-        decision = await load_decision(policy, store, decision_id)
-        if decision.outcome != "route" or decision.role != role:
-            raise RequestError(
-                f"decision {decision_id} routed role {decision.role!r} with outcome "
-                f"{decision.outcome!r}; it cannot run role {role!r}",
-                code=Code.INVALID_ARGUMENT,
-            )
-        job = _bound("job", job, decision.job, decision_id)
-        channel = _bound("channel", channel, decision.channel, decision_id)
-        cap = decision.max_output_tokens
-        if max_output_tokens is not None and cap is not None and max_output_tokens > cap:
-            raise RequestError(
-                f"decision {decision_id} was made for at most {cap:,} output tokens; route "
-                "again to run a larger call",
-                code=Code.INVALID_ARGUMENT,
-            )
-        max_output_tokens = max_output_tokens or decision.max_output_tokens
-        local_only = local_only or decision.local_only
-        needs, risk = frozenset(decision.required_capabilities), decision.risk
-        model = decision.model
-    if job is not None and job not in doc.jobs:
-        raise RequestError(f"unknown job {job!r}", code=Code.UNKNOWN_JOB)
-    if job is not None and doc.jobs[job].script_only:
-        raise RefusedError(
-            f"job {job!r} is script-only: it runs without any model", code=Code.SCRIPT_ONLY
+        given = _bind(given, await load_decision(policy, store, decision_id), decision_id)
+    return _checked(policy, given)
+
+
+def _bind(given: Constraints, decision: Decision, decision_id: str) -> Constraints:
+    """The run under the decision's constraints; a conflicting argument is refused."""
+    if decision.outcome != "route" or decision.role != given.role:
+        raise RequestError(
+            f"decision {decision_id} routed role {decision.role!r} with outcome "
+            f"{decision.outcome!r}; it cannot run role {given.role!r}",
+            code=Code.INVALID_ARGUMENT,
         )
-    if channel is not None and channel not in doc.channels:
-        raise RequestError(f"unknown channel {channel!r}", code=Code.UNKNOWN_CHANNEL)
-    local_only = local_only or policy.is_local_only(job)
-    judge = doc.risk.judge_role if risk == "high" else None
+    cap = decision.max_output_tokens
+    if given.max_output and cap is not None and given.max_output > cap:
+        raise RequestError(
+            f"decision {decision_id} was made for at most {cap:,} output tokens; route "
+            "again to run a larger call",
+            code=Code.INVALID_ARGUMENT,
+        )
+    return replace(
+        given,
+        job=_bound("job", given.job, decision.job, decision_id),
+        channel=_bound("channel", given.channel, decision.channel, decision_id),
+        max_output=given.max_output or cap or 0,
+        local_only=given.local_only or decision.local_only,
+        needs=frozenset(decision.required_capabilities),
+        risk=decision.risk,
+        decision_id=decision_id,
+        decision_model=decision.model,
+    )
+
+
+def _checked(policy: Policy, c: Constraints) -> Constraints:
+    """Job and channel known and runnable, the policy's defaults and local_only applied."""
+    doc = policy.doc
+    if c.job is not None and c.job not in doc.jobs:
+        raise RequestError(f"unknown job {c.job!r}", code=Code.UNKNOWN_JOB)
+    if c.job is not None and doc.jobs[c.job].script_only:
+        raise RefusedError(
+            f"job {c.job!r} is script-only: it runs without any model", code=Code.SCRIPT_ONLY
+        )
+    if c.channel is not None and c.channel not in doc.channels:
+        raise RequestError(f"unknown channel {c.channel!r}", code=Code.UNKNOWN_CHANNEL)
+    local_only = c.local_only or policy.is_local_only(c.job)
+    judge = doc.risk.judge_role if c.risk == "high" else None
     if judge is not None and local_only:
         judge_model = policy.models[doc.roles[judge].model]
         if judge_model.locality == "cloud":
@@ -91,16 +112,11 @@ async def resolve_constraints(
                 "local_only forbids cloud calls",
                 code=Code.CLOUD_JUDGE_REQUIRED,
             )
-    return Constraints(
-        role=role,
-        job=job,
+    return replace(
+        c,
         local_only=local_only,
-        channel=channel or doc.defaults.channel,
-        risk=risk,
-        needs=needs,
-        max_output=max_output_tokens or doc.defaults.max_output_tokens,
-        decision_id=decision_id,
-        decision_model=model,
+        channel=c.channel or doc.defaults.channel,
+        max_output=c.max_output or doc.defaults.max_output_tokens,
     )
 
 

@@ -72,6 +72,87 @@ def usage_of(call_input: int, exact: bool, max_output: int, result: ChatResult) 
     )
 
 
+async def _on_task(
+    policy: Policy,
+    store: Store,
+    call: Call,
+    *,
+    limits: Constraints,
+    task_id: str | None,
+    stage: str | None,
+    claim: str | None,
+    report: ContractReport | None,
+    warnings: list[str],
+) -> int:
+    """Record the output on its task; the role's escalation step there (0 without a task)."""
+    if not task_id:
+        return 0
+    try:
+        step = await store.escalation_step(task_id, limits.role)
+        await record_output(
+            policy,
+            store,
+            task_id=task_id,
+            stage=stage,
+            role=limits.role,
+            model=call.info.id,
+            request_id=call.request_id,
+            claim=claim,
+            contract_valid=None if report is None else report.valid,
+        )
+    except RolegateError as exc:  # the ledger failed, or the claim's lease ran out
+        warnings.append(f"{exc.code}: the task record could not be written: {exc.message}")
+        return 0
+    return step
+
+
+async def _escalation_after(
+    policy: Policy,
+    store: Store,
+    limits: Constraints,
+    confidence: float | None,
+    step: int,
+    warnings: list[str],
+) -> EscalationDecision | None:
+    if confidence is None:
+        return None
+    try:
+        snapshot = await store.snapshot()
+    except RolegateError as exc:
+        warnings.append(f"{exc.code}: the escalation this output may call for was not checked "
+                        f"against the budgets: {exc.message}")  # fmt: skip
+        return None
+    return output_escalation(policy, limits, confidence, step, snapshot)
+
+
+def _log_run(
+    policy: Policy,
+    call: Call,
+    usage: Usage,
+    cost: int,
+    latency_s: float,
+    report: ContractReport | None,
+    escalation: EscalationDecision | None,
+    warnings: int,
+) -> None:
+    info = call.info
+    log.info(
+        "run_role",
+        role=call.context.get("role"),
+        model=info.id,
+        policy_hash=policy.hash,
+        max_input_tokens=info.max_input_tokens,
+        reserve_tokens=info.model.reserve_tokens,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_micro=cost,
+        ms=round(latency_s * 1000, 3),
+        contract_valid=None if report is None else report.valid,
+        escalation=None if escalation is None else escalation.code,
+        warnings=warnings,
+    )
+
+
 async def finish_run(
     policy: Policy,
     store: Store,
@@ -93,48 +174,10 @@ async def finish_run(
     cost = info.worst_case_cost_micro(usage.input_tokens, usage.output_tokens)
     report, structured, confidence = contract_report(policy, role, result.text)
     warnings = list(call.warnings)
-    step = 0
-    escalation = None
-    authority = policy.doc.roles[role].authority
-    try:
-        if task_id:
-            step = await store.escalation_step(task_id, role)
-            await record_output(
-                policy,
-                store,
-                task_id=task_id,
-                stage=stage,
-                role=role,
-                model=info.id,
-                request_id=call.request_id,
-                claim=claim,
-                contract_valid=None if report is None else report.valid,
-            )
-    except RolegateError as exc:  # the ledger failed, or the claim's lease ran out
-        warnings.append(f"{exc.code}: the task record could not be written: {exc.message}")
-    try:
-        snapshot = await store.snapshot()
-    except RolegateError as exc:
-        warnings.append(f"{exc.code}: the escalation this output may call for was not checked "
-                        f"against the budgets: {exc.message}")  # fmt: skip
-    else:
-        escalation = output_escalation(policy, limits, confidence, step, snapshot)
-    log.info(
-        "run_role",
-        role=role,
-        model=info.id,
-        policy_hash=policy.hash,
-        max_input_tokens=info.max_input_tokens,
-        reserve_tokens=info.model.reserve_tokens,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cost_micro=cost,
-        ms=round(latency_s * 1000, 3),
-        contract_valid=None if report is None else report.valid,
-        escalation=None if escalation is None else escalation.code,
-        warnings=len(warnings),
-    )
-    judge = policy.doc.risk.judge_role if limits.risk == "high" else None
+    step = await _on_task(policy, store, call, limits=limits, task_id=task_id, stage=stage,
+                          claim=claim, report=report, warnings=warnings)  # fmt: skip
+    escalation = await _escalation_after(policy, store, limits, confidence, step, warnings)
+    _log_run(policy, call, usage, cost, latency_s, report, escalation, len(warnings))
     return RunResult(
         output=result.text,
         structured=structured,
@@ -158,8 +201,8 @@ async def finish_run(
         task_id=task_id,
         stage=stage,
         attempts=attempts,
-        authoritative=authority != "sidecar",
+        authoritative=policy.doc.roles[role].authority != "sidecar",
         policy=policy_ref(policy),
-        judge_required=judge,
+        judge_required=policy.doc.risk.judge_role if limits.risk == "high" else None,
         warnings=warnings,
     )

@@ -1,4 +1,5 @@
-"""What plugins provide: provider types (model servers) and role kinds.
+"""What plugins provide: provider types (model servers) and role kinds (audit sinks are
+plain callables, see ``rolegate.plugins.sinks``).
 
 A provider type turns a policy ``providers.<name>`` entry into a client; a
 client runs one chat call at a time per request, streaming deltas to a
@@ -91,7 +92,12 @@ class ContractCheck:
 
 @dataclass(frozen=True, slots=True)
 class RoleKind:
-    """Behaviour shared by roles of one kind: a default system prompt and output checks."""
+    """Behaviour shared by roles of one kind, registered with ``register_roles``.
+
+    ``name``: what a policy role's ``kind:`` names. ``system_prompt``: the prompt a role of
+    this kind uses when the caller sends none (None: no default). ``authority``: the only
+    authority a role of this kind may have; a mismatch refuses the policy at server start.
+    """
 
     name: str
     description: str

@@ -4,6 +4,12 @@ Every hook takes a ``register`` callback instead of returning a value, so one
 plugin can register several things and results never depend on the order in
 which pluggy calls the implementations: the registry collects everything and
 refuses duplicate names, naming both plugins.
+
+A plugin is a module or object with ``@hookimpl`` functions, found through the
+``rolegate`` entry-point group (see ``examples/plugins/rolegate-echo``). Every hook is
+called once per ``build_registry()``, at server start; implementations must not do I/O
+or keep global state. A ``@hookimpl`` whose name is not one of these hooks is refused
+at load (``PluginManager.check_pending``), so a misspelled hook is an error, not a no-op.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Callable
 import pluggy
 
 from rolegate.plugins.base import ProviderType, RoleKind
+from rolegate.plugins.sinks import AuditSink
 
 PROJECT = "rolegate"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -23,9 +30,15 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_providers(register: Callable[[ProviderType], None]) -> None:
     """Register provider types, one ``register(provider_type)`` call each.
 
-    Every implementation is called. ``provider_type.name`` is the value a
-    policy's ``providers.<x>.type`` uses; two plugins registering the same name
-    is an error that names both.
+    :param register: Call it once per provider type the plugin provides.
+
+    ``provider_type.name`` is the value a policy's ``providers.<x>.type`` uses; the
+    server calls ``provider_type.create(...)`` for each policy provider of that type.
+
+    Results combine by union: every implementation is called and every registered type is
+    kept. Two registrations of one name (from one plugin or two) are refused with a
+    ``PluginError`` (PLUGIN_ERROR) that names both plugins; block one with ``--block``. A
+    policy using a type that no loaded plugin provides fails at server start.
     """
 
 
@@ -33,15 +46,37 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
 def register_roles(register: Callable[[RoleKind], None]) -> None:
     """Register role kinds, one ``register(role_kind)`` call each.
 
-    Every implementation is called; names must be unique across plugins. A
-    policy role picks a kind with ``kind: <name>`` (default: ``owner``).
+    :param register: Call it once per role kind the plugin provides.
+
+    A policy role picks a kind with ``kind: <name>``; without one, the kind follows the
+    role's ``authority`` (owner -> ``owner``, sidecar -> ``critic``, judge -> ``judge``,
+    the built-in kinds). A role uses its kind's ``system_prompt`` when the caller sends
+    none, and the kind's ``authority`` must equal the role's.
+
+    Results combine by union: every implementation is called and every registered kind is
+    kept. Two registrations of one name are refused with a ``PluginError`` (PLUGIN_ERROR)
+    that names both plugins. At server start, a role naming a kind that no loaded plugin
+    provides, or a kind whose authority differs from the role's, is refused
+    (``rolegate.plugins.kinds.resolve_role_kinds``).
     """
 
 
 @hookspec
-def register_audit_sinks(register: Callable[[Callable[[dict[str, object]], None]], None]) -> None:
-    """Register callables that receive every audit record (ids, codes, counts; never text).
+def register_audit_sinks(register: Callable[[AuditSink], None]) -> None:
+    """Register audit sinks, one ``register(sink)`` call each.
 
-    Every implementation is called; every sink receives every record. A sink
-    must not block: it runs inline on the request path.
+    :param register: Call it once per sink; a sink is a callable taking one record (a
+        ``dict[str, object]``: ids, names, codes, counts, costs, timings; never prompt or
+        completion text) and returning nothing.
+
+    Results combine by concatenation: every implementation is called and every sink is
+    kept, in plugin-name order, then in the order each plugin registered them; sinks have
+    no names, so nothing is deduplicated (a sink registered twice receives each record
+    twice).
+
+    When sinks are called: once per audit record, after the record was durably written
+    (``AuditSinks.deliver``), each with its own copy of the record. Sinks run inline on the
+    request path, one after the other, and must not block: hand slow I/O to your own queue
+    or thread. A sink that raises does not fail the request and does not keep the record
+    from the other sinks; the failure is logged (plugin, sink, exception type) and counted.
     """

@@ -8,7 +8,7 @@ that every hook implementation matches a spec, and collects registrations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -18,8 +18,9 @@ import pluggy
 from rolegate.errors import PluginError
 from rolegate.plugins import hookspecs
 from rolegate.plugins.base import ProviderType, RoleKind
+from rolegate.plugins.sinks import AuditSink, RegisteredSink
 
-AuditSink = Callable[[dict[str, object]], None]
+__all__ = ["AuditSink", "PluginInfo", "Registry", "build_registry", "make_plugin_manager"]
 
 
 def builtin_plugins() -> list[ModuleType]:
@@ -40,7 +41,8 @@ class PluginInfo:
 class Registry:
     providers: dict[str, ProviderType] = field(default_factory=dict)
     roles: dict[str, RoleKind] = field(default_factory=dict)
-    audit_sinks: list[AuditSink] = field(default_factory=list)
+    # In delivery order: by plugin name, then in the order each plugin registered them.
+    audit_sinks: list[RegisteredSink] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
 
@@ -124,7 +126,12 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, infos: dict[str, Plug
             info.provides.append(f"role:{r.name}")
 
         def add_sink(sink: AuditSink, info: PluginInfo = info) -> None:
-            registry.audit_sinks.append(sink)
+            if not callable(sink):
+                raise PluginError(
+                    f"plugin {info.name!r} registered an audit sink that is not callable: "
+                    f"{type(sink).__name__}"
+                )
+            registry.audit_sinks.append(RegisteredSink(info.name, sink))
             info.provides.append("audit-sink")
 
         caller = pm.subset_hook_caller  # call one plugin at a time to know who registered what

@@ -43,7 +43,7 @@ def answered_with_status(model: str, status: int, detail: object) -> ProviderErr
     so the call is never retried. ``detail`` may be any JSON value (Ollama sends objects).
     """
     code = Code.PROVIDER_UNAVAILABLE if status in (502, 503, 504) else Code.PROVIDER_ERROR
-    err = ProviderError(f"{model}: server answered HTTP {status}: {_short(str(detail))}", code=code)
+    err = ProviderError(f"{model}: server answered HTTP {status}: {short(str(detail))}", code=code)
     err.answered = True
     return err
 
@@ -53,12 +53,13 @@ def stream_broke(
 ) -> ProviderError:
     """A stream that broke after output began: charged for what it produced, never retried."""
     err = ProviderError(
-        f"{model}: the stream broke after {chunks} chunk(s): {_short(str(exc))}",
+        f"{model}: the stream broke after {chunks} chunk(s): {short(str(exc))}",
         code=Code.PROVIDER_ERROR,
     )
     err.partial_output_tokens = output_tokens or chunks
     return err
 
 
-def _short(text: str, limit: int = 300) -> str:
+def short(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, for an error message."""
     return text if len(text) <= limit else text[:limit] + "..."

@@ -171,6 +171,16 @@ class Role(Strict):
     model: Name
     fallback: Fallback = Fallback()
     authority: Literal["owner", "sidecar", "judge"] = "owner"
+    kind: Name | None = Field(
+        default=None,
+        description="The role kind (from a plugin, see `rolegate plugins`) whose default "
+        "system prompt the role uses when the caller gives none. Default: from 'authority' "
+        "(owner -> 'owner', sidecar -> 'critic', judge -> 'judge'). The kind's own authority "
+        "must equal the role's, or the server refuses to start.",
+        # Left out of the canonical JSON when absent, so that adding the field did not
+        # change the hash of any policy written before it.
+        exclude_if=lambda value: value is None,
+    )
     escalation: Escalation = Escalation()
     output_contract: Name | None = None
     temperature: float | None = Field(

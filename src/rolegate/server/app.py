@@ -269,6 +269,20 @@ def _add_check_budget(server: MCPServer, engine: PolicyEngine) -> None:
     )
 
 
+ReasonArg = Annotated[
+    str,
+    Field(max_length=MAX_REASON_CHARS, description="Free-text reason (never logged or stored)."),
+]
+#: The escalation consent resolver's own parameters (the signals are added to them).
+CONSENT_PARAMS: dict[str, tuple[Any, Any]] = {
+    "ctx": (Context, Parameter.empty),
+    "role": (str, Parameter.empty),
+    "task_id": (str | None, None),
+    "job": (str | None, None),
+    "local_only": (bool, False),
+}
+
+
 def _escalate_request(kwargs: dict[str, Any]) -> EscalateRequest:
     return EscalateRequest(
         role=kwargs["role"],
@@ -295,16 +309,7 @@ def _add_escalate(server: MCPServer, engine: PolicyEngine) -> None:
             ConsentForm,
         )
 
-    _takes_signals(
-        escalation_consent,
-        {
-            "ctx": (Context, Parameter.empty),
-            "role": (str, Parameter.empty),
-            "task_id": (str | None, None),
-            "job": (str | None, None),
-            "local_only": (bool, False),
-        },
-    )
+    _takes_signals(escalation_consent, CONSENT_PARAMS)
 
     async def escalate(**kwargs: Any) -> Annotated[CallToolResult, EscalateResult]:
         return ok(await engine.escalate(_escalate_request(kwargs)))
@@ -323,16 +328,7 @@ def _add_escalate(server: MCPServer, engine: PolicyEngine) -> None:
             "task_id": (Annotated[NameArg, Field(description="Work item id.")], None),
             "job": (Annotated[NameArg, Field(description="Job name.")], None),
             "local_only": (FlagArg, False),
-            "reason": (
-                Annotated[
-                    str,
-                    Field(
-                        max_length=MAX_REASON_CHARS,
-                        description="Free-text reason (never logged or stored).",
-                    ),
-                ],
-                "",
-            ),
+            "reason": (ReasonArg, ""),
         },
     )
     server.add_tool(

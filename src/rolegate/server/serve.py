@@ -45,54 +45,40 @@ def load_for_serving(path: str | None) -> Policy | None:
         return None
 
 
+class StartupError(Exception):
+    """A flag or setting the server cannot start with: printed, exit code 2."""
+
+
 def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     install_excepthooks()
-    token: str | None = None
-    security = None
-    limits = _http_limits(args)
+    http: HttpSettings | None = None
     if args.transport == "http":
-        problem = _check_http_limits(limits)
-        if problem is None:
-            try:
-                security = transport_security(args.host, args.port, args.allow_host or ())
-            except ValueError as exc:
-                problem = f"--host/--allow-host: {exc}"
-        if problem is not None:
-            print(f"rolegate: {problem}", file=sys.stderr)
-            return 2
-        if args.token_env:
-            token = os.environ.get(args.token_env)
-            if not token:
-                print(
-                    f"rolegate: --token-env {args.token_env} is set but the variable is empty",
-                    file=sys.stderr,
-                )
-                return 2
-        if not is_loopback(args.host) and token is None:
-            print(
-                f"rolegate: refusing to listen on {args.host} without a bearer token: anyone who "
-                "can reach it could spend your budget. Pass --token-env VAR (and set VAR), or "
-                "bind 127.0.0.1.",
-                file=sys.stderr,
-            )
+        try:
+            http = _http_settings(args)
+        except StartupError as exc:
+            print(f"rolegate: {exc}", file=sys.stderr)
             return 2
     policy = load_for_serving(args.policy)
     if policy is None:
         return 1
     from rolegate.engine.bootstrap import build_engine, open_policy_ledger
+    from rolegate.server.app import build_server
 
     try:
         ledger = open_policy_ledger(policy, args.ledger)
-        engine = build_engine(policy, block=args.block, ledger=ledger)
-    except (RolegateError, PluginError) as exc:
+    except RolegateError as exc:
         print(f"rolegate: {exc}", file=sys.stderr)
         return 1
-    from rolegate.server.app import build_server
-
+    try:
+        engine = build_engine(policy, block=args.block, ledger=ledger)
+    except (RolegateError, PluginError) as exc:
+        ledger.close()
+        print(f"rolegate: {exc}", file=sys.stderr)
+        return 1
+    # The server's lifespan closes the provider clients and this ledger when it stops.
     server = build_server(engine, close_ledger=True)
-    log = get_logger()
-    log.info(
+    get_logger().info(
         "server_start",
         transport=args.transport,
         policy=policy.name,
@@ -100,28 +86,62 @@ def serve(args: argparse.Namespace) -> int:
         models=len(policy.models),
         ledger=ledger.description,
     )
-    if args.transport == "stdio":
+    if http is None:
         server.run("stdio")
-        return 0
-    assert security is not None
-    log.info(
+    else:
+        _serve_http(server, args, http)
+    return 0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    limits: HttpLimits
+    security: Any  # TransportSecuritySettings
+    token: str | None
+
+
+def _http_settings(args: argparse.Namespace) -> HttpSettings:
+    limits = _http_limits(args)
+    problem = _check_http_limits(limits)
+    if problem is not None:
+        raise StartupError(problem)
+    try:
+        security = transport_security(args.host, args.port, args.allow_host or ())
+    except ValueError as exc:
+        raise StartupError(f"--host/--allow-host: {exc}") from None
+    token: str | None = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise StartupError(f"--token-env {args.token_env} is set but the variable is empty")
+    if not is_loopback(args.host) and token is None:
+        raise StartupError(
+            f"refusing to listen on {args.host} without a bearer token: anyone who can reach "
+            "it could spend your budget. Pass --token-env VAR (and set VAR), or bind 127.0.0.1."
+        )
+    return HttpSettings(limits, security, token)
+
+
+def _serve_http(server: Any, args: argparse.Namespace, http: HttpSettings) -> None:
+    limits = http.limits
+    get_logger().info(
         "http_listen",
         host=args.host,
         port=args.port,
-        allowed_hosts=security.allowed_hosts,
+        allowed_hosts=http.security.allowed_hosts,
         header_timeout_s=limits.header_timeout,
         keep_alive_s=limits.keep_alive,
         max_connections=limits.max_connections,
         max_body_bytes=MAX_REQUEST_BODY_BYTES,
-        bearer_token=token is not None,
+        bearer_token=http.token is not None,
     )
     app: Any = server.streamable_http_app(
         host=args.host,
-        transport_security=security,
+        transport_security=http.security,
         max_request_body_size=MAX_REQUEST_BODY_BYTES,
     )
-    if token is not None:
-        app = BearerAuth(app, token)
+    if http.token is not None:
+        app = BearerAuth(app, http.token)
     run_http(
         app,
         host=args.host,
@@ -130,7 +150,6 @@ def serve(args: argparse.Namespace) -> int:
         keep_alive=limits.keep_alive,
         max_connections=limits.max_connections,
     )
-    return 0
 
 
 @dataclass(frozen=True)

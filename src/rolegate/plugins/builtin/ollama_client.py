@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import ollama
 
-from rolegate.errors import Code, ProviderError
 from rolegate.plugins.base import (
     ChatRequest,
     ChatResult,
@@ -22,8 +21,11 @@ from rolegate.plugins.base import (
     OnDelta,
     TokenCount,
 )
-from rolegate.plugins.retry import answered_with_status, stream_broke, with_retries
+from rolegate.plugins.builtin.errors import ollama_errors, to_provider_error
+from rolegate.plugins.retry import with_retries
 from rolegate.policy.schema import Provider
+
+ERRORS = ollama_errors()
 
 
 class OllamaClient:
@@ -50,18 +52,14 @@ class OllamaClient:
                 if request.stream:
                     return await self._stream(request, on_delta, received)
                 return await self._once(request)
-            except (ConnectionError, httpx.TransportError) as exc:
-                if received[0]:
-                    raise stream_broke(request.model, received[0], None, exc) from exc
-                raise ProviderError(
-                    f"{request.model}: cannot reach {self.config.base_url}: {exc}",
-                    code=Code.PROVIDER_UNAVAILABLE,
-                ) from exc
-            except ollama.ResponseError as exc:
-                raise answered_with_status(request.model, exc.status_code, exc.error) from exc
-            except (ValueError, KeyError) as exc:
-                raise ProviderError(
-                    f"{request.model}: malformed response: {exc}", code=Code.BAD_RESPONSE
+            except ERRORS.handled as exc:
+                raise to_provider_error(
+                    ERRORS,
+                    exc,
+                    model=request.model,
+                    base_url=self.config.base_url,
+                    received=received[0] > 0,
+                    chunks=received[0],
                 ) from exc
 
         return await with_retries(
@@ -138,10 +136,8 @@ class OllamaClient:
     async def list_models(self) -> list[str]:
         try:
             listing = await self._client.list()
-        except (ConnectionError, httpx.TransportError) as exc:
-            raise ProviderError(
-                f"cannot reach {self.config.base_url}: {exc}", code=Code.PROVIDER_UNAVAILABLE
-            ) from exc
+        except ERRORS.handled as exc:
+            raise to_provider_error(ERRORS, exc, model=None, base_url=self.config.base_url) from exc
         return sorted(m.model for m in listing.models if m.model)
 
     async def aclose(self) -> None:

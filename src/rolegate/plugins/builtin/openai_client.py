@@ -23,8 +23,11 @@ from rolegate.plugins.base import (
     OnDelta,
     TokenCount,
 )
-from rolegate.plugins.retry import answered_with_status, stream_broke, with_retries
+from rolegate.plugins.builtin.errors import openai_errors, to_provider_error
+from rolegate.plugins.retry import with_retries
 from rolegate.policy.schema import Provider
+
+ERRORS = openai_errors()
 
 
 class OpenAIClient:
@@ -55,21 +58,15 @@ class OpenAIClient:
                 if request.stream:
                     return await self._stream(request, on_delta, state)
                 return await self._once(request)
-            except openai.APIConnectionError as exc:
-                if state.received:
-                    raise stream_broke(
-                        request.model, state.deltas, state.output_tokens, exc
-                    ) from exc
-                raise ProviderError(
-                    f"{request.model}: cannot reach the server: {_short(str(exc))}",
-                    code=Code.PROVIDER_UNAVAILABLE,
-                ) from exc
-            except openai.APIStatusError as exc:
-                raise answered_with_status(request.model, exc.status_code, exc.message) from exc
-            except (openai.APIResponseValidationError, ValueError) as exc:
-                raise ProviderError(
-                    f"{request.model}: malformed response: {_short(str(exc))}",
-                    code=Code.BAD_RESPONSE,
+            except ERRORS.handled as exc:
+                raise to_provider_error(
+                    ERRORS,
+                    exc,
+                    model=request.model,
+                    base_url=self.config.base_url,
+                    received=state.received,
+                    chunks=state.deltas,
+                    output_tokens=state.output_tokens,
                 ) from exc
 
         return await with_retries(
@@ -155,10 +152,8 @@ class OpenAIClient:
     async def list_models(self) -> list[str]:
         try:
             page = await self._client.models.list()
-        except openai.APIConnectionError as exc:
-            raise ProviderError(
-                f"cannot reach {self.config.base_url}: {exc}", code=Code.PROVIDER_UNAVAILABLE
-            ) from exc
+        except ERRORS.handled as exc:
+            raise to_provider_error(ERRORS, exc, model=None, base_url=self.config.base_url) from exc
         return sorted(m.id for m in page.data)
 
     async def aclose(self) -> None:
@@ -194,7 +189,3 @@ def _params(request: ChatRequest) -> dict[str, Any]:
         }
     params.update(request.extra)
     return params
-
-
-def _short(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

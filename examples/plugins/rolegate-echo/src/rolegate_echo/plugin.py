@@ -1,8 +1,20 @@
-"""The echo provider type: answers with the last user message, streamed word by word."""
+"""An example rolegate plugin implementing every hook rolegate defines.
+
+- ``register_providers``: the ``echo`` provider type, which answers with the last user
+  message, streamed word by word, with word counts as usage.
+- ``register_roles``: the ``summarizer`` role kind, for owner roles, with a default prompt.
+- ``register_audit_sinks``: a sink that appends one JSON line per audit record (its kind
+  and code) to the file named by ``ROLEGATE_ECHO_AUDIT_FILE``; it does nothing when the
+  variable is unset.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rolegate.plugins.base import (
@@ -16,6 +28,7 @@ from rolegate.plugins.base import (
     TokenCount,
 )
 from rolegate.plugins.hookspecs import hookimpl
+from rolegate.plugins.sinks import AuditSink
 from rolegate.policy.schema import Provider
 
 
@@ -62,6 +75,47 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
     register(EchoProviderType())
 
 
+SUMMARIZER_PROMPT = "Summarize the user's text in at most three sentences. Add nothing."
+
+
 @hookimpl
 def register_roles(register: Callable[[RoleKind], None]) -> None:
-    register(RoleKind("summarizer", "Condenses text; owner authority.", None, "owner"))
+    # A policy role selects it with `kind: summarizer`; its authority must be `owner`.
+    register(
+        RoleKind(
+            name="summarizer",
+            description="Condenses text; owner authority.",
+            system_prompt=SUMMARIZER_PROMPT,
+            authority="owner",
+        )
+    )
+
+
+AUDIT_FILE_ENV = "ROLEGATE_ECHO_AUDIT_FILE"
+
+
+class AuditFile:
+    """Appends ``{"kind": ..., "code": ...}`` per audit record to a local file.
+
+    Sinks run inline on the request path, so this one does the least it can: one short
+    append to a local file, no network, no fsync. A record never holds prompt or output
+    text, and this sink keeps only two of its fields anyway.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # one line at a time, whatever thread delivers
+
+    def __call__(self, record: dict[str, object]) -> None:
+        if self.path is None:
+            return
+        line = json.dumps({"kind": record.get("kind"), "code": record.get("code")})
+        with self._lock, self.path.open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+
+@hookimpl
+def register_audit_sinks(register: Callable[[AuditSink], None]) -> None:
+    # Read once, at server start; unset means the sink is registered but does nothing.
+    path = os.environ.get(AUDIT_FILE_ENV)
+    register(AuditFile(Path(path) if path else None))
