@@ -85,7 +85,8 @@ async def test_every_audit_record_of_a_served_run_reaches_the_sink(
     async with Client(server, mode="legacy") as client:
         routed = await client.call_tool("route_task", {"task": "summarize this"})
         ran = await client.call_tool("run_role", {"role": "parrot", "prompt": "secret words"})
-        assert not routed.is_error and not ran.is_error
+        assert not routed.is_error
+        assert not ran.is_error
     sunk = [json.loads(line) for line in out.read_text().splitlines()]
     stored = list(reversed(ledger.recent_audit(10)))
     ledger.close()
