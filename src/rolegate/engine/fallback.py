@@ -11,8 +11,6 @@ mid-call, else the run is refused with NEEDS_CONSENT naming the model.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rolegate.engine.accounting import Call
 from rolegate.engine.calls import CallRunner
 from rolegate.engine.consent import allowed_steps, ask_consent, declared_steps
@@ -24,13 +22,15 @@ from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult, Message
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
-from rolegate.policy.decision import NO_USAGE
+from rolegate.policy.decision import NO_USAGE, Rejection
 from rolegate.policy.router import fallback_refusal
 
 log = get_logger()
 
 
-def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Any:
+def _static_refusal(
+    policy: Policy, limits: Constraints, info: ModelInfo
+) -> Rejection | None:
     return fallback_refusal(
         policy,
         info,

@@ -85,7 +85,7 @@ class ProviderPool:
     def slot(self, info: ModelInfo) -> anyio.CapacityLimiter:
         return self._slots[info.id]
 
-    def lane(self, info: ModelInfo) -> AbstractAsyncContextManager[Any]:
+    def lane(self, info: ModelInfo) -> AbstractAsyncContextManager[None]:
         lane = self._lanes.get(info.model.weight) if info.locality == "local" else None
         return lane if lane is not None else nullcontext()
 

@@ -1,4 +1,8 @@
-"""The budget ledger's one interface, and the small pieces every backend shares.
+"""The ledger's one interface (``Ledger``, and its work store ``WorkStore``).
+
+The pieces every backend shares live beside it (``records``: the reservation row, the budget
+refusal and exact time arithmetic; ``checks``: argument checks and refusals) and are
+re-exported here, where callers have always imported them from.
 
 Money is integer micro-USD and time is integer microseconds since the Unix epoch (UTC)
 inside the ledger: no floats are ever summed or compared.
@@ -6,25 +10,64 @@ inside the ledger: no floats are ever summed or compared.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from rolegate.errors import Code, RefusedError, RequestError
-from rolegate.policy.budget import overrun, window_reset
+from rolegate.ledger.checks import (
+    FORBIDDEN_AUDIT_KEYS,
+    audit_json,
+    check_names,
+    check_optional_text,
+    check_step,
+    check_text,
+    check_texts,
+    check_verdict,
+    claimed_refusal,
+    decision_reused,
+    lost_claim_refusal,
+    owner_refusal,
+    storable,
+)
+from rolegate.ledger.records import (
+    BudgetExhaustedError,
+    Reservation,
+    default_owner,
+    lease_us,
+    refusal,
+    to_us,
+    to_utc,
+    unique_lines,
+)
 from rolegate.policy.compiled import BudgetLine
-from rolegate.policy.decision import BudgetSnapshot, ScopeUsage
+from rolegate.policy.decision import BudgetSnapshot
 
-#: Keys an audit record may never carry, at any depth: the trail holds no prompt or output.
-FORBIDDEN_AUDIT_KEYS = frozenset({"prompt", "completion", "messages", "text", "output"})
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+__all__ = [
+    "FORBIDDEN_AUDIT_KEYS",
+    "BudgetExhaustedError",
+    "HasBudgets",
+    "Ledger",
+    "Reservation",
+    "WorkStore",
+    "audit_json",
+    "check_names",
+    "check_optional_text",
+    "check_step",
+    "check_text",
+    "check_texts",
+    "check_verdict",
+    "claimed_refusal",
+    "decision_reused",
+    "default_owner",
+    "lease_us",
+    "lost_claim_refusal",
+    "owner_refusal",
+    "refusal",
+    "storable",
+    "to_us",
+    "to_utc",
+    "unique_lines",
+]
 
 
 class HasBudgets(Protocol):
@@ -152,9 +195,14 @@ class WorkStore(Protocol):
         policy_hash: str,
         consent: str | None,
         now: datetime,
+        audit: Mapping[str, object] | None = None,
     ) -> bool:
         """Record that ``role`` climbed rung ``step`` on the task; False (nothing written)
-        when that (task_id, role, step) is already recorded, by this process or another."""
+        when that (task_id, role, step) is already recorded, by this process or another.
+
+        ``audit``, when given, is appended in the same transaction when the step is
+        recorded (one durable write), and not at all when False is returned.
+        """
         ...
 
     def escalation_step(self, task_id: str, role: str) -> int:
@@ -187,7 +235,10 @@ class Ledger(WorkStore, Protocol):
     the work store (``WorkStore``) in the same database.
 
     All methods are synchronous and short; the server calls them from a worker thread.
-    Each takes the current time explicitly so tests can drive the clock.
+    Each takes the current time explicitly so tests can drive the clock. A write returns
+    once it is committed and durable; writes made at the same moment from many threads may
+    share one transaction and one fsync (group commit, see ``_group``), each still
+    succeeding or failing on its own.
     """
 
     description: str
@@ -252,197 +303,3 @@ class Ledger(WorkStore, Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A request as the ledger keeps it (one row per request id)."""
-
-    request_id: str
-    owner: str
-    line_ids: tuple[str, ...]
-    at_us: int
-    expires_us: int
-    state: str  # reserved | committed | released | expired
-    cost_micro: int
-    tokens: int
-
-
-class BudgetExhaustedError(RefusedError):
-    """A reservation does not fit a budget line; ``line_id`` names the refusing one."""
-
-    def __init__(
-        self, message: str, *, line_id: str, left_micro: int | None, left_tokens: int | None
-    ) -> None:
-        super().__init__(message, code=Code.BUDGET_EXHAUSTED)
-        self.line_id = line_id
-        self.left_micro = left_micro
-        self.left_tokens = left_tokens
-
-
-def default_owner() -> str:
-    """``pid:host:uuid``: who holds a reservation, for people reading the ledger."""
-    return f"{os.getpid()}:{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
-
-
-def to_utc(now: datetime) -> datetime:
-    if now.tzinfo is None:
-        raise ValueError("the ledger needs timezone-aware datetimes (UTC); got a naive one")
-    return now.astimezone(UTC)
-
-
-def to_us(now: datetime) -> int:
-    """Exact integer microseconds since the epoch (no float rounding)."""
-    return (to_utc(now) - _EPOCH) // _MICROSECOND
-
-
-def lease_us(lease_s: float) -> int:
-    if not lease_s > 0:
-        raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
-    return max(1, round(lease_s * 1_000_000))
-
-
-def unique_lines(lines: Sequence[BudgetLine]) -> list[BudgetLine]:
-    """Lines by id, once each, in id order: the fixed order locks are taken in."""
-    return sorted({line.id: line for line in lines}.values(), key=lambda line: line.id)
-
-
-def refusal(
-    line: BudgetLine,
-    now: datetime,
-    *,
-    spent_micro: int,
-    spent_tokens: int,
-    cost_micro: int,
-    tokens: int,
-) -> BudgetExhaustedError | None:
-    """The error for the first cap of ``line`` the call would break, or None if it fits.
-
-    ``spent_*`` include the unexpired reservations already held on the line.
-    """
-    over = overrun(
-        line,
-        ScopeUsage(spent_micro=spent_micro, spent_tokens=spent_tokens),
-        cost_micro=cost_micro,
-        tokens=tokens,
-    )
-    if over is None:
-        return None
-    reset = window_reset(line, to_utc(now))
-    when = f"resets at {reset.isoformat()}" if reset else f"rolling {line.window_seconds}s window"
-    return BudgetExhaustedError(
-        f"budget {line.id} has {over.what} (including open reservations); {over.need}; {when}",
-        line_id=line.id,
-        left_micro=over.left_micro,
-        left_tokens=over.left_tokens,
-    )
-
-
-def audit_json(record: Mapping[str, object], *, what: str = "audit") -> str:
-    """The record as JSON, refusing any key that would carry prompt or completion text.
-
-    ``what`` names the record in the error ("audit", "decision").
-    """
-    _check_keys(record, f"{what} record")
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _check_keys(value: object, where: str) -> None:
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            if str(key).lower() in FORBIDDEN_AUDIT_KEYS:
-                raise ValueError(
-                    f"{where} has key {key!r}: the ledger never stores prompt or "
-                    "completion text; record token counts instead"
-                )
-            _check_keys(inner, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
-        for i, inner in enumerate(value):
-            _check_keys(inner, f"{where}[{i}]")
-
-
-# -- the work store's argument checks, shared by every implementation -------------------
-
-
-def storable(value: object) -> bool:
-    """Whether ``value`` is a str every store keeps as is (no NUL, valid UTF-8)."""
-    if not isinstance(value, str) or "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # an unpaired surrogate: neither SQLite nor PostgreSQL takes it
-        return False
-    return True
-
-
-def check_text(name: str, value: object) -> str:
-    """``value`` if it is a storable str, else RequestError (INVALID_ARGUMENT)."""
-    if not storable(value):
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        raise RequestError(
-            f"{name} must be a string without NUL characters or unpaired surrogates, got {shown}",
-            code=Code.INVALID_ARGUMENT,
-        )
-    return str(value)
-
-
-def check_texts(**values: str) -> dict[str, str]:
-    """Each argument checked storable (RequestError names the first that is not)."""
-    return {name: check_text(name, value) for name, value in values.items()}
-
-
-def check_optional_text(name: str, value: object) -> str | None:
-    return None if value is None else check_text(name, value)
-
-
-def check_names(name: str, values: object) -> list[str]:
-    """A sequence of storable strings (a bare str is refused: it is not a list of names)."""
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise RequestError(f"{name} must be a list of strings, got {values!r}")
-    return [check_text(f"{name}[{i}]", value) for i, value in enumerate(values)]
-
-
-def check_verdict(value: object) -> bool | None:
-    """A contract verdict: True, False or None (no contract)."""
-    if value is not None and type(value) is not bool:
-        raise RequestError(f"contract_valid must be True, False or None, got {value!r}")
-    return value
-
-
-def check_step(value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise RequestError(f"step must be an int >= 0, got {value!r}")
-    return value
-
-
-def owner_refusal(task_id: str, stage: str, model: str) -> RefusedError:
-    return RefusedError(
-        f"stage {stage!r} of task {task_id!r} already has its owner output (from {model}); "
-        "a second authoritative run needs an escalation first",
-        code=Code.CONSENSUS_FORBIDDEN,
-    )
-
-
-def claimed_refusal(task_id: str, stage: str) -> RefusedError:
-    return RefusedError(
-        f"stage {stage!r} of task {task_id!r} is being written by another run now "
-        "(one owner per stage)",
-        code=Code.CONSENSUS_FORBIDDEN,
-    )
-
-
-def lost_claim_refusal(task_id: str, stage: str, request_id: str) -> RefusedError:
-    return RefusedError(
-        f"request {request_id!r} holds no claim on stage {stage!r} of task {task_id!r} (its "
-        "lease expired and another run took the stage over, or it never claimed it); its "
-        "output is not the stage's owner output",
-        code=Code.CONSENSUS_FORBIDDEN,
-    )
-
-
-def decision_reused(decision_id: str) -> RequestError:
-    return RequestError(
-        f"decision_id {decision_id!r} was already used; every decision needs a fresh one",
-        code=Code.INVALID_ARGUMENT,
-    )

@@ -230,6 +230,7 @@ class MemoryWork:
         policy_hash: str,
         consent: str | None,
         now: datetime,
+        audit: Mapping[str, object] | None = None,
     ) -> bool:
         check_texts(
             task_id=task_id, role=role, provenance_id=provenance_id, policy_hash=policy_hash
@@ -244,6 +245,8 @@ class MemoryWork:
             "policy_hash": policy_hash,
             "consent": check_optional_text("consent", consent),
         }
+        if audit is not None:
+            audit_json(audit)  # refused like the ledger's; there is no audit trail to append to
         now_us = to_us(now)
         with self._lock:
             task = self._tasks.get(task_id)

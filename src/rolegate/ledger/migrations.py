@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from rolegate.ledger._engine import Tx
+from rolegate.ledger._tx import Tx
 
 Dialect = Literal["sqlite", "postgres"]
 

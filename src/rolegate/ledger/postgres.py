@@ -4,6 +4,11 @@ Writers on a budget line serialize on one row per line in ``rolegate_lines``, lo
 SELECT ... FOR UPDATE in line-id order (so two reservations touching the same lines can
 never deadlock). In READ COMMITTED each statement after the lock sees every charge that
 the previous lock holder committed, so the check and the insert cannot overspend.
+
+Group commit (see ``_group``) covers the writes that lock nothing but the new keys they
+insert (decisions, audit records, critiques): one transaction and one commit for those of
+many threads. Row-locking writes keep a transaction each; PostgreSQL already lets the
+commits of concurrent sessions share WAL flushes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import select
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -82,6 +87,23 @@ class _PgTx:
         self._execute(sql, params)
         return self._cur.rowcount
 
+    def savepoint(self) -> None:
+        self._cur.execute("SAVEPOINT rolegate_write")
+
+    def release(self) -> None:
+        self._cur.execute("RELEASE SAVEPOINT rolegate_write")
+
+    def undo(self) -> bool:
+        self._lock = []
+        if self._conn.closed or self._conn.broken:
+            return False
+        try:  # an error aborts the whole transaction; rolling back to the savepoint revives it
+            self._cur.execute("ROLLBACK TO SAVEPOINT rolegate_write")
+            self._cur.execute("RELEASE SAVEPOINT rolegate_write")
+        except psycopg.Error:
+            return False
+        return True
+
     def lock_lines(self, line_ids: Sequence[str]) -> None:
         # Sent together with the next statement (pipeline mode): one round trip fewer while
         # the locks are held. The server still runs them in order, so the next statement's
@@ -116,6 +138,9 @@ class _PgTx:
 class PostgresLedger(SqlLedger):
     """A ledger in a PostgreSQL database, one connection per thread."""
 
+    # Row-locking writes run alone: grouped, their locks could deadlock two processes' groups.
+    group_every_write = False
+
     def __init__(self, url: str) -> None:
         self._url = url
         self.description = redact(url)
@@ -138,6 +163,7 @@ class PostgresLedger(SqlLedger):
         self._known_lines: set[str] = set()
         self._closed = False
         self._create_schema()
+        super().__init__()
 
     def _create_schema(self) -> None:
         """Apply the missing migrations (see ``migrations``), or nothing when none is missing.
@@ -205,12 +231,25 @@ class PostgresLedger(SqlLedger):
                     # Fail this call closed; the next one opens a fresh connection.
                     self._forget(conn)
         except psycopg.Error as exc:
-            raise LedgerError(
-                f"the budget ledger {self.description} cannot be used "
-                f"({type(exc).__name__}: {_first_line(exc)}): check that PostgreSQL is "
-                "running and reachable and that this role may write the rolegate_* tables; "
-                "admission fails closed until then"
-            ) from exc
+            raise self._unusable(exc) from exc
+
+    def _group_transaction(self) -> AbstractContextManager[_PgTx]:
+        return self._transaction(write=True)
+
+    def _database_error(self, exc: Exception) -> Exception:
+        if not isinstance(exc, psycopg.Error):
+            return exc
+        error = self._unusable(exc)
+        error.__cause__ = exc
+        return error
+
+    def _unusable(self, exc: psycopg.Error) -> LedgerError:
+        return LedgerError(
+            f"the budget ledger {self.description} cannot be used "
+            f"({type(exc).__name__}: {_first_line(exc)}): check that PostgreSQL is "
+            "running and reachable and that this role may write the rolegate_* tables; "
+            "admission fails closed until then"
+        )
 
     def _prepare_lines(self, line_ids: Sequence[str]) -> None:
         # Created in their own short transaction, before any lock is held, so the lock order

@@ -4,6 +4,10 @@ WAL lets readers run while one writer writes; synchronous=FULL makes a committed
 reservation survive a power cut; every write starts with BEGIN IMMEDIATE so that it takes
 the write lock up front, where busy_timeout applies (a deferred transaction that upgrades
 later can fail with SQLITE_BUSY at once, whatever the timeout).
+
+Every write goes through group commit (see ``_group``): the writes of many threads share
+one BEGIN IMMEDIATE ... COMMIT, on one writer connection, so one fsync covers them all.
+Reads use a connection per thread and never wait for writers (WAL).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +47,35 @@ class _Held:
     conn: sqlite3.Connection
 
 
+class _Slot:
+    """Where a connection is kept: per thread (readers), or the one writer connection."""
+
+    held: _Held | None = None
+
+
 class _SqliteTx:
     # The whole database is write-locked by BEGIN IMMEDIATE: no row locks to take.
     for_update = ""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT rolegate_write")
+
+    def release(self) -> None:
+        self._conn.execute("RELEASE rolegate_write")
+
+    def undo(self) -> bool:
+        # SQLite rolls the whole transaction back by itself on some errors (I/O, full disk).
+        if not self._conn.in_transaction:
+            return False
+        try:
+            self._conn.execute("ROLLBACK TO rolegate_write")
+            self._conn.execute("RELEASE rolegate_write")
+        except sqlite3.Error:
+            return False
+        return True
 
     def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
@@ -70,10 +97,12 @@ class SqliteLedger(SqlLedger):
         self.description = f"sqlite://{self.path}"
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
+        self._writer = _Slot()  # used by the leader of the running group only
         self._opened: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         self._closed = False
         self._create()
+        super().__init__()
 
     def _create(self) -> None:
         try:
@@ -140,7 +169,9 @@ class SqliteLedger(SqlLedger):
         conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, slot: _Slot | None = None) -> sqlite3.Connection:
+        """This thread's connection (or ``slot``'s), reopened when the file was replaced."""
+        slot = slot if slot is not None else self._thread_slot()
         if self._closed:
             raise LedgerError(f"the ledger {self.description} was closed")
         try:
@@ -155,36 +186,49 @@ class SqliteLedger(SqlLedger):
                 f"the ledger path {self.path} is not a regular file; restore the ledger file, "
                 "or start with another --ledger; admission fails closed until then"
             )
-        held: _Held | None = getattr(self._local, "held", None)
+        held = slot.held
         file = (st.st_dev, st.st_ino)
         if held is not None and held.pid == os.getpid() and held.file == file:
             return held.conn
         if held is not None and held.pid == os.getpid():
-            self._forget(held.conn)  # the file was replaced: never write to the old inode
+            self._forget(held.conn, slot)  # the file was replaced: never write the old inode
         # A connection inherited through fork() is dropped, not closed: it is the parent's.
         try:
             conn = self._connect("rw")
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        self._local.held = _Held(os.getpid(), file, conn)
+        slot.held = _Held(os.getpid(), file, conn)
         with self._guard:
             self._opened.append(conn)
         return conn
 
+    def _thread_slot(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            slot = self._local.slot = _Slot()
+        return slot
+
     def _prepare_lines(self, line_ids: Sequence[str]) -> None:
         return None  # nothing to prepare: BEGIN IMMEDIATE locks the whole database
 
-    def _forget(self, conn: sqlite3.Connection) -> None:
-        self._local.held = None
+    def _forget(self, conn: sqlite3.Connection, slot: _Slot) -> None:
+        if slot.held is not None and slot.held.conn is conn:
+            slot.held = None
         with self._guard:
             if conn in self._opened:
                 self._opened.remove(conn)
         with suppress(sqlite3.Error):  # it is being discarded because it is broken
             conn.close()
 
+    def _transaction(self, *, write: bool) -> AbstractContextManager[_SqliteTx]:
+        return self._on(self._thread_slot(), write=write)
+
+    def _group_transaction(self) -> AbstractContextManager[_SqliteTx]:
+        return self._on(self._writer, write=True)
+
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[_SqliteTx]:
-        conn = self._conn()
+    def _on(self, slot: _Slot, *, write: bool) -> Iterator[_SqliteTx]:
+        conn = self._conn(slot)
         try:
             if write:
                 self._begin_immediate(conn)
@@ -194,10 +238,17 @@ class SqliteLedger(SqlLedger):
                 yield _SqliteTx(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                self._rollback(conn)
+                self._rollback(conn, slot)
                 raise
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
+
+    def _database_error(self, exc: Exception) -> Exception:
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        error = self._error(exc)
+        error.__cause__ = exc
+        return error
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         """Take the write lock, polling with short sleeps until busy_timeout.
@@ -225,12 +276,12 @@ class SqliteLedger(SqlLedger):
             # Other statements keep SQLite's handler (e.g. a reader meeting WAL recovery).
             conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout_s * 1000)}")
 
-    def _rollback(self, conn: sqlite3.Connection) -> None:
+    def _rollback(self, conn: sqlite3.Connection, slot: _Slot) -> None:
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
-            self._forget(conn)  # cannot roll back: do not reuse it
+            self._forget(conn, slot)  # cannot roll back: do not reuse it
 
     def _error(self, exc: sqlite3.Error) -> LedgerError:
         text = str(exc)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
-
-import re2
+from typing import Any
 
 from rolegate.errors import PolicyProblem
 from rolegate.policy.checks import model_locality
+from rolegate.policy.patterns import IntentMatcher, IntentPattern, intent_pattern
+
+# Pattern helpers lived here first; `checks` imports them from this module.
+from rolegate.policy.patterns import combined_regex as combined_regex
+from rolegate.policy.patterns import compile_re2 as compile_re2
+from rolegate.policy.patterns import re2_options as re2_options
 from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument, Stage
 
 _TIER_ORDER = {"hot": 0, "warm": 1, "cold": 2}
@@ -56,12 +59,6 @@ class BudgetLine:
     tokens: int | None
 
 
-class IntentPattern(Protocol):
-    """A compiled RE2 pattern: matching time is linear in the task's length."""
-
-    def search(self, text: str) -> object | None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledIntent:
     name: str
@@ -84,53 +81,31 @@ def _budget_line(budget: Budget) -> BudgetLine:
     )
 
 
-def re2_options() -> Any:
-    """RE2 options for intent patterns: case-insensitive and quiet.
-
-    RE2's default ``max_mem`` (8 MiB) bounds what compiling a pattern may use.
-    """
-    options = re2.Options()
-    options.case_sensitive = False
-    options.log_errors = False  # a bad pattern is reported by `check`, not on stderr
-    return options
-
-
-def compile_re2(pattern: str) -> IntentPattern:
-    """Compile ``pattern`` with RE2 (raises ``re2.error``); matching never backtracks."""
-    compiled: IntentPattern = re2.compile(pattern, re2_options())
-    return compiled
-
-
-def combined_regex(regexes: Sequence[str]) -> str:
-    return "|".join(f"(?:{rx})" for rx in regexes)
+def _model_info(doc: PolicyDocument, mid: str, model: Model) -> ModelInfo:
+    max_input = (
+        None
+        if model.context_window is None or model.reserve_tokens is None
+        else model.context_window - model.reserve_tokens
+    )
+    price = model.price.input_per_mtok + model.price.output_per_mtok
+    key = (
+        price,
+        model.rank,
+        _TIER_ORDER[model.tier],
+        model.params_b if model.params_b is not None else math.inf,
+        mid,
+    )
+    return ModelInfo(
+        mid, model, model_locality(doc, model), frozenset(model.capabilities), max_input, key
+    )
 
 
-# Python's \b is Unicode-aware and RE2's is ASCII-only, so a keyword's edges are
-# spelled out: a word character is a letter, a digit or '_' in any script.
-_WORD = r"[\pL\pN_]"
-_NOT_WORD = r"[^\pL\pN_]"
-
-
-def _is_word_char(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
-def _keyword_regex(keyword: str) -> str:
-    """``keyword`` as a whole word: what ``\\b keyword \\b`` means in Python's re."""
-    if not keyword:
-        return r"\b"
-    before = f"(?:^|{_NOT_WORD})" if _is_word_char(keyword[0]) else _WORD
-    after = f"(?:$|{_NOT_WORD})" if _is_word_char(keyword[-1]) else _WORD
-    return before + str(re2.escape(keyword)) + after
-
-
-def _intent_pattern(intent: Intent) -> IntentPattern | None:
-    parts = [_keyword_regex(k) for k in intent.match.keywords]
-    if intent.match.regex:
-        parts.append(combined_regex(intent.match.regex))
-    if not parts:
-        return None
-    return compile_re2("|".join(parts))
+def _budget_lines(doc: PolicyDocument) -> tuple[BudgetLine, ...]:
+    lines = [_budget_line(b) for b in doc.budgets]
+    for jid, job in sorted(doc.jobs.items()):
+        for cap in job.budgets:
+            lines.append(_budget_line(Budget(scope="job", target=jid, **cap.model_dump())))
+    return tuple(lines)
 
 
 class Policy:
@@ -147,29 +122,9 @@ class Policy:
         self.warnings: list[PolicyProblem] = warnings or []
         self.canonical_json = canonical_json(doc)
         self.hash = "sha256:" + hashlib.sha256(self.canonical_json.encode("utf-8")).hexdigest()
-        self.models: dict[str, ModelInfo] = {}
-        for mid, model in doc.models.items():
-            max_input = (
-                None
-                if model.context_window is None or model.reserve_tokens is None
-                else model.context_window - model.reserve_tokens
-            )
-            price = model.price.input_per_mtok + model.price.output_per_mtok
-            key = (
-                price,
-                model.rank,
-                _TIER_ORDER[model.tier],
-                model.params_b if model.params_b is not None else math.inf,
-                mid,
-            )
-            self.models[mid] = ModelInfo(
-                mid,
-                model,
-                model_locality(doc, model),
-                frozenset(model.capabilities),
-                max_input,
-                key,
-            )
+        self.models: dict[str, ModelInfo] = {
+            mid: _model_info(doc, mid, model) for mid, model in doc.models.items()
+        }
         # Cheapest first; ties broken by rank, tier, size, then id: never by file order.
         self.models_by_cost: tuple[ModelInfo, ...] = tuple(
             sorted(
@@ -177,15 +132,21 @@ class Policy:
                 key=lambda m: m.sort_key,
             )
         )
+        # Precedence: priority, then name. The matcher answers with positions in this order.
         self.intents: tuple[CompiledIntent, ...] = tuple(
-            CompiledIntent(name, intent, _intent_pattern(intent))
+            CompiledIntent(name, intent, intent_pattern(intent))
             for name, intent in sorted(doc.intents.items(), key=lambda kv: (kv[1].priority, kv[0]))
         )
-        lines = [_budget_line(b) for b in doc.budgets]
-        for jid, job in sorted(doc.jobs.items()):
-            for cap in job.budgets:
-                lines.append(_budget_line(Budget(scope="job", target=jid, **cap.model_dump())))
-        self.budgets: tuple[BudgetLine, ...] = tuple(lines)
+        self.intent_matcher = IntentMatcher([(i.intent, i.pattern) for i in self.intents])
+        self.intents_by_name: dict[str, CompiledIntent] = {i.name: i for i in self.intents}
+        self.budgets: tuple[BudgetLine, ...] = _budget_lines(doc)
+        # Positions of the lines each (scope, target) names, so that finding the lines a call
+        # touches costs what it finds, not one test per line (global lines touch every call).
+        self._global_budgets = tuple(i for i, b in enumerate(self.budgets) if b.scope == "global")
+        self._scoped_budgets: dict[tuple[str, str | None], list[int]] = {}
+        for i, b in enumerate(self.budgets):
+            if b.scope != "global":
+                self._scoped_budgets.setdefault((b.scope, b.target), []).append(i)
         self.roles_by_model: dict[str, tuple[str, ...]] = {}
         for rid in sorted(doc.roles):
             mid = doc.roles[rid].model
@@ -216,13 +177,16 @@ class Policy:
     def budgets_touching(
         self, *, job: str | None, role: str | None, model: str, provider: str
     ) -> list[BudgetLine]:
-        """Every cap that a call with these coordinates counts against."""
-        wanted = {"global": None, "job": job, "role": role, "model": model, "provider": provider}
-        return [
-            b
-            for b in self.budgets
-            if b.scope == "global" or (wanted[b.scope] is not None and wanted[b.scope] == b.target)
-        ]
+        """Every cap that a call with these coordinates counts against, in declared order."""
+        if not self.budgets:
+            return []
+        found = list(self._global_budgets)
+        scoped = self._scoped_budgets
+        for key in (("job", job), ("role", role), ("model", model), ("provider", provider)):
+            if key[1] is not None:
+                found += scoped.get(key, ())
+        found.sort()
+        return [self.budgets[i] for i in found]
 
     def price_of(self, model: str) -> tuple[Decimal, Decimal]:
         price = self.doc.models[model].price
