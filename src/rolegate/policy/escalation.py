@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import Field
 
@@ -25,7 +26,7 @@ from rolegate.policy.decision import (
 )
 from rolegate.policy.limits import SignalValue, validate_signals
 from rolegate.policy.router import check_model
-from rolegate.policy.schema import Predicate
+from rolegate.policy.schema import Predicate, Role
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "lt": operator.lt,
@@ -121,30 +122,23 @@ def escalate(
     req: EscalationRequest, policy: Policy, budget: BudgetSnapshot | None = None
 ) -> EscalationDecision:
     """Evaluate ``req.role``'s escalation predicates and choose the next allowed rung."""
-    doc = policy.doc
-    role = doc.roles.get(req.role)
-    if role is None:
-        raise RequestError(
-            f"unknown role {req.role!r}; the policy defines {sorted(doc.roles)}",
-            code=Code.UNKNOWN_ROLE,
-        )
-    if req.job is not None and req.job not in doc.jobs:
-        raise RequestError(f"unknown job {req.job!r}", code=Code.UNKNOWN_JOB)
-    if req.current_step < 0:
-        raise RequestError("current_step must be >= 0", code=Code.INVALID_ARGUMENT)
+    role = _checked_role(req, policy)
     signals = validate_signals(req.signals)
     local_only = req.local_only or policy.is_local_only(req.job)
     ladder = list(role.escalation.ladder)
     fired = evaluate_predicates(role.escalation.when, signals)
     user_fired = any(f.signal == "user_request" for f in fired)
-    if doc.escalation_on_user_request and signals.get("user_request") is True and not user_fired:
+    if (
+        policy.doc.escalation_on_user_request
+        and signals.get("user_request") is True
+        and not user_fired
+    ):
         fired.append(FiredPredicate(signal="user_request", op="eq", threshold=True, observed=True))
-    ref = PolicyRef(name=doc.name, revision=doc.revision, hash=policy.hash)
     current = (
         role.model if req.current_step == 0 else ladder[min(req.current_step, len(ladder)) - 1]
     )
-    base = {
-        "policy": ref,
+    base: dict[str, Any] = {
+        "policy": PolicyRef(name=policy.doc.name, revision=policy.doc.revision, hash=policy.hash),
         "role": req.role,
         "job": req.job,
         "fired": fired,
@@ -171,7 +165,32 @@ def escalate(
             message="no escalation predicate fired; stay on the current model",
             **base,
         )
-    snapshot = budget or NO_USAGE
+    return _climb(policy, req, local_only, budget or NO_USAGE, base)
+
+
+def _checked_role(req: EscalationRequest, policy: Policy) -> Role:
+    role = policy.doc.roles.get(req.role)
+    if role is None:
+        raise RequestError(
+            f"unknown role {req.role!r}; the policy defines {sorted(policy.doc.roles)}",
+            code=Code.UNKNOWN_ROLE,
+        )
+    if req.job is not None and req.job not in policy.doc.jobs:
+        raise RequestError(f"unknown job {req.job!r}", code=Code.UNKNOWN_JOB)
+    if req.current_step < 0:
+        raise RequestError("current_step must be >= 0", code=Code.INVALID_ARGUMENT)
+    return role
+
+
+def _climb(
+    policy: Policy,
+    req: EscalationRequest,
+    local_only: bool,
+    snapshot: BudgetSnapshot,
+    base: dict[str, Any],
+) -> EscalationDecision:
+    """The first rung above the current step that every rule allows, or why none does."""
+    ladder: list[str] = base["ladder"]
     rejected: list[Rejection] = []
     for step in range(req.current_step, len(ladder)):
         info = policy.models[ladder[step]]
@@ -180,8 +199,8 @@ def escalate(
             return EscalationDecision(
                 escalate=True,
                 code="ESCALATE",
-                message=f"escalate {req.role} from {current} to {info.id} "
-                f"({', '.join(f.signal for f in fired)} fired)",
+                message=f"escalate {req.role} from {base['from_model']} to {info.id} "
+                f"({', '.join(f.signal for f in base['fired'])} fired)",
                 to_model=info.id,
                 to_provider=info.model.provider,
                 to_locality=info.locality,
