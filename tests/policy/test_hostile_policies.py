@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 import rolegate.policy.loader as policy_loader
+from rolegate.cli import main
 from rolegate.errors import PolicyInvalidError, PolicyLoadError
 from rolegate.policy import Policy, classify, load_policy, load_policy_text
 from rolegate.policy.loader import MAX_POLICY_BYTES, MAX_VALUES
-from rolegate.cli import main
 from tests.conftest import example_path
 from tests.policy.test_loader import MINIMAL, with_changes
 

@@ -228,3 +228,31 @@ def test_router_invariants(
     else:
         assert first.code != Code.ROUTED
         assert first.message
+
+
+def test_budgets_touching_is_the_plain_filter_in_declared_order(codex_rs: Policy) -> None:
+    """The per-(scope, target) index finds exactly the lines a scan over all of them finds."""
+    doc = codex_rs.doc
+    assert len(codex_rs.budgets) > 2
+    for job in (None, *doc.jobs):
+        for role in (None, *doc.roles):
+            for mid, model in doc.models.items():
+                where = {"job": job, "role": role, "model": mid, "provider": model.provider}
+                plain = [
+                    b
+                    for b in codex_rs.budgets
+                    if b.scope == "global"
+                    or (where[b.scope] is not None and where[b.scope] == b.target)
+                ]
+                got = codex_rs.budgets_touching(
+                    job=job, role=role, model=mid, provider=model.provider
+                )
+                assert got == plain
+
+
+@pytest.mark.parametrize("task", ["implement the parser fix", "plan the architecture", "hello"])
+def test_a_pickled_policy_classifies_and_routes_the_same(codex_rs: Policy, task: str) -> None:
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(codex_rs))
+    assert route(RouteRequest(task=task), copy) == route(RouteRequest(task=task), codex_rs)

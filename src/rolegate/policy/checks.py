@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import re2
 
 from rolegate.errors import PolicyProblem
+from rolegate.policy.patterns import combined_regex, compile_re2
 from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, Model, PolicyDocument
 
 
@@ -320,10 +321,8 @@ def _check_intents(doc: PolicyDocument) -> Iterable[PolicyProblem]:
 
 
 def _regex_problems(at: str, regexes: tuple[str, ...]) -> Iterable[PolicyProblem]:
-    # Imported here: ``compiled`` imports this module. Intent patterns are RE2, whose
-    # matching time is linear in the task's length (no catastrophic backtracking).
-    from rolegate.policy.compiled import combined_regex, compile_re2
-
+    # Intent patterns are RE2, whose matching time is linear in the task's length (no
+    # catastrophic backtracking).
     ok = True
     for i, pattern in enumerate(regexes):
         try:

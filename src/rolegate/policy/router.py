@@ -86,26 +86,15 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
             reasons=[f"jobs.{request.job}.script_only"],
         )
     reasons: list[str] = []
-    local_only = request.local_only or policy.is_local_only(request.job)
-    if local_only:
-        reasons.append(
-            "local_only: "
-            + ("request" if request.local_only else "policy" if doc.privacy.local_only else "job")
-        )
+    local_only = _local_only(request, policy, reasons)
     matched, intent = _intent(policy, request.task, reasons)
     role = _role(request, job, matched, intent, doc, reasons)
     needs = _needs(request, job, intent, role)
-    candidates: tuple[ModelInfo, ...]
-    if role is not None:
-        candidates = (policy.models[doc.roles[role].model],)
-    else:
-        reasons.append("no role: lowest-cost model some role runs, with the required capabilities")
-        candidates = policy.routable_by_cost
     tokens = _tokens(request, doc)
     max_output = request.max_output_tokens or doc.defaults.max_output_tokens
     selection = select_model(
         policy,
-        candidates,
+        _candidates(policy, role, reasons),
         job_name=request.job,
         role=role,
         local_only=local_only,
@@ -131,6 +120,24 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
         return refused(policy, base, role, selection.best, tokens)
     chosen_role = role or role_for(policy, chosen.id)
     return routed(policy, request, chosen, chosen_role, tokens.count(chosen), base, needs, snapshot)
+
+
+def _local_only(request: RouteRequest, policy: Policy, reasons: list[str]) -> bool:
+    if not (request.local_only or policy.is_local_only(request.job)):
+        return False
+    source = (
+        "request" if request.local_only else "policy" if policy.doc.privacy.local_only else "job"
+    )
+    reasons.append(f"local_only: {source}")
+    return True
+
+
+def _candidates(policy: Policy, role: str | None, reasons: list[str]) -> tuple[ModelInfo, ...]:
+    """The role's model, or (no role) every routable model, cheapest first (sorted once)."""
+    if role is not None:
+        return (policy.models[policy.doc.roles[role].model],)
+    reasons.append("no role: lowest-cost model some role runs, with the required capabilities")
+    return policy.routable_by_cost
 
 
 def _intent(
