@@ -40,21 +40,27 @@ between blocks) and the run is --blocks rounds of blocks, each row taking n/bloc
 block, the rows' order rotating from block to block, so machine drift and llama.cpp's state hit
 every row alike.
 
-Dropped connections. llama.cpp's HTTP server closes a keep-alive connection that has been idle
-for 5 s, and now and then one that is not; the client then sends its next request on a dead
-socket and fails with "Server disconnected" (openai.APIConnectionError on the direct side,
-PROVIDER_UNAVAILABLE from run_role, a connection error inside LiteLLM). The benchmark keeps
-keep-alive on and discards such a round: the failed side then makes unmeasured calls until it
-is reconnected (giving up after 5 failures), and the discarded rounds are counted and printed.
-Every block also starts with --block-warmup unmeasured rounds, so a connection that went stale
-while other rows ran is never measured. Why not turn keep-alive off on both sides instead:
-every real deployment (rolegate's provider client, LiteLLM's, the openai SDK) reuses
-connections, so the steady state is what matters; a TCP connect plus llama.cpp's accept on
-every call would add noise of the size of the effect measured; and LiteLLM's Router owns its
-HTTP client, so "equally off" could not be guaranteed without patching it. A drop is a property
-of the server, not of the path, and discarding the round drops both of its calls, so the
-differences stay unbiased. The policy keeps rolegate's own provider retries at 0 (and LiteLLM's
-too) so that a drop surfaces instead of hiding a reconnect inside a measured call.
+Dropped connections. This llama.cpp build (scripts/setup_llama.sh) closes the connection after
+every streamed completion, right after the last chunk and without announcing it (no "Connection:
+close"; non-streamed answers keep it alive). A client that reuses the connection before the
+close reaches it sends its next request on a dead socket and fails with "Server disconnected
+without sending a response": openai.APIConnectionError on the direct side, PROVIDER_UNAVAILABLE
+from run_role, a connection error inside LiteLLM. Back to back that hits a few calls in a
+hundred; here, with the other call of the round in between, less, but more on a busy machine.
+Every call that succeeds has therefore opened a fresh TCP connection, on every side alike.
+
+Choice: keep the clients as they are and discard the round. A call that fails this way got no
+answer (so it can be neither measured nor compared); the failed side then makes unmeasured calls
+until one succeeds (giving up after 5), the round is dropped whole, and the drops are counted
+per side and printed. Every block also starts with --block-warmup unmeasured rounds, to settle
+after the switch of rows. Why not turn connection reuse off on every side instead: it would
+not change what is measured (the server already makes each streamed call a new connection),
+it is not how the clients run in production, and LiteLLM's Router owns its HTTP client, so
+"off alike" could not be guaranteed without patching it. A drop is the server's doing, not the
+path's, and costs the round both of its calls, so the differences stay unbiased. The policy
+keeps rolegate's provider retries at 0 (rolegate's default is 1, which would retry such a call
+inside run_role), as LiteLLM's are, so that a drop surfaces instead of hiding a reconnect
+inside a measured call.
 """
 
 from __future__ import annotations
@@ -124,7 +130,7 @@ class BenchError(Exception):
 
 
 class Dropped(Exception):
-    """The call never got an answer from the server: a dropped keep-alive connection."""
+    """The call got no answer: the server had closed the connection (see the docstring)."""
 
 
 def engine_builder() -> Callable[..., Any]:
@@ -165,16 +171,29 @@ class Row:
     path: list[float] = field(default_factory=list)
     diff: list[float] = field(default_factory=list)
     block_p50: list[float] = field(default_factory=list)
-    discarded: int = 0
+    discarded: int = 0  # rounds
+    dropped_direct: int = 0  # calls
+    dropped_path: int = 0
 
-    def add(self, direct: list[float], path: list[float], discarded: int) -> None:
-        diffs = [p - d for p, d in zip(path, direct, strict=True)]
-        self.direct += direct
-        self.path += path
+    def add(self, block: Block) -> None:
+        diffs = [p - d for p, d in zip(block.path, block.direct, strict=True)]
+        self.direct += block.direct
+        self.path += block.path
         self.diff += diffs
-        self.discarded += discarded
+        self.discarded += block.discarded
+        self.dropped_direct += block.dropped_direct
+        self.dropped_path += block.dropped_path
         if diffs:
             self.block_p50.append(statistics.median(diffs))
+
+
+@dataclass
+class Block:
+    direct: list[float] = field(default_factory=list)  # ms, kept rounds only
+    path: list[float] = field(default_factory=list)
+    discarded: int = 0
+    dropped_direct: int = 0
+    dropped_path: int = 0
 
 
 # ---- the direct side and rolegate's sides ----------------------------------------------------
@@ -233,23 +252,23 @@ async def attempt(call: Callable[[], Awaitable[float]]) -> float | None:
 
 async def rolegate_block(
     direct: openai.AsyncOpenAI, client: Client, n: int, warmup: int, start: int
-) -> tuple[list[float], list[float], int]:
-    """``warmup`` unmeasured rounds, then ``n`` rounds: (direct ms, run_role ms, discarded)."""
-    d_out: list[float] = []
-    r_out: list[float] = []
-    discarded = 0
+) -> Block:
+    """``warmup`` unmeasured rounds, then ``n`` rounds."""
+    out = Block()
+    calls = {"d": lambda: direct_call(direct), "r": lambda: run_role_call(client)}
     for i in range(start, start + warmup + n):
-        calls = {"d": lambda: direct_call(direct), "r": lambda: run_role_call(client)}
         got = {k: await attempt(calls[k]) for k in (("d", "r") if i % 2 else ("r", "d"))}
         if i < start + warmup:
             continue
         d, r = got["d"], got["r"]
         if d is None or r is None:
-            discarded += 1
+            out.discarded += 1
+            out.dropped_direct += d is None
+            out.dropped_path += r is None
             continue
-        d_out.append(d)
-        r_out.append(r)
-    return d_out, r_out, discarded
+        out.direct.append(d)
+        out.path.append(r)
+    return out
 
 
 def write_policy(v1: str, tmp: Path, name: str, budgets: bool) -> Path:
@@ -304,7 +323,8 @@ def litellm_ready(python: Path) -> bool:
 
 def setup_litellm(venv: Path) -> None:
     print(f"[setup] {SETUP_LITELLM} {venv}", file=sys.stderr, flush=True)
-    subprocess.run(["bash", str(HERE / "setup_litellm.sh"), str(venv)], check=True, cwd=ROOT)
+    script = [str(HERE / "setup_litellm.sh"), str(venv)]
+    subprocess.run(["bash", *script], check=True, cwd=ROOT, stdout=sys.stderr)
 
 
 class LiteLLMWorker:
@@ -331,11 +351,17 @@ class LiteLLMWorker:
         hello = await self.line()
         self.version = str(hello.get("litellm_version", "?"))
 
-    async def block(self, n: int, warmup: int) -> tuple[list[float], list[float], int]:
+    async def block(self, n: int, warmup: int) -> Block:
         assert self.process.stdin is not None
         await self.process.stdin.send(f"{n} {warmup}\n".encode())
         data = await self.line()
-        return data["direct"], data["litellm"], int(data["discarded"])
+        return Block(
+            data["direct"],
+            data["litellm"],
+            data["discarded"],
+            data["dropped_direct"],
+            data["dropped_litellm"],
+        )
 
 
 @asynccontextmanager
@@ -365,7 +391,6 @@ async def litellm_worker(
 class Result:
     rolegate: list[Row]
     litellm: Row | None
-    litellm_version: str | None
     n: int
     blocks: int
 
@@ -398,69 +423,72 @@ async def measure(args: argparse.Namespace, url: str, tmp: Path, errlog: IO[str]
             await worker.ready()
             litellm_row = Row(f"LiteLLM Router {worker.version}, in process")
         slots: list[RolegateSide | None] = [*sides, None] if worker else [*sides]
+        blocks = 0
         for b in range(args.blocks):
             n = min(per_block, args.n - b * per_block)
             if n <= 0:
                 break
+            blocks += 1
             order = slots[b % len(slots) :] + slots[: b % len(slots)]
             print(f"[block {b + 1}/{args.blocks}] {n} rounds per row", file=sys.stderr, flush=True)
             for slot in order:
                 if slot is None:
                     assert worker is not None
                     assert litellm_row is not None
-                    litellm_row.add(*await worker.block(n, args.block_warmup))
+                    litellm_row.add(await worker.block(n, args.block_warmup))
                     continue
                 start = args.warmup + b * (args.block_warmup + per_block)
-                slot.row.add(
-                    *await rolegate_block(direct, slot.client, n, args.block_warmup, start)
-                )
-        return Result(
-            [s.row for s in sides], litellm_row, worker.version if worker else None, args.n, b + 1
-        )
+                slot.row.add(await rolegate_block(direct, slot.client, n, args.block_warmup, start))
+        return Result([s.row for s in sides], litellm_row, args.n, blocks)
 
 
 def report(result: Result, litellm_note: str | None) -> None:
     rows = [*result.rolegate, *([result.litellm] if result.litellm else [])]
-    discarded = sum(r.discarded for r in rows)
+    names = [r.label if r is result.litellm else f"rolegate {r.label}" for r in rows]
+    width = max(len(name) for name in names) + 2
     print(
-        f"added latency over a direct openai call (streamed, max_tokens=1), llama.cpp on "
-        f"loopback; n={result.n} rounds per row in {result.blocks} interleaved blocks"
+        "added latency over a direct openai call (streamed, max_tokens=1), llama.cpp on loopback;"
+        f" n={result.n} rounds per row in {result.blocks} interleaved blocks"
     )
     print(
-        f"  {'path':<42}{'direct p50':>11}{'p50':>8}{'added p50':>10}{'added p99':>10}"
-        f"{'rounds':>8}{'dropped':>8}"
+        f"  {'path':<{width}}{'direct p50':>11}{'p50':>8}{'added p50':>10}{'added p99':>10}"
+        f"{'kept':>6}{'dropped d/p':>12}"
     )
-    for row in rows:
-        name = row.label if row is result.litellm else f"rolegate {row.label}"
+    for name, row in zip(names, rows, strict=True):
+        dropped = f"{row.dropped_direct}/{row.dropped_path}"
         if not row.diff:
-            print(f"  {name:<42}  (no rounds kept)")
+            print(f"  {name:<{width}}{'(no rounds kept)':>45}{dropped:>12}")
             continue
         print(
-            f"  {name:<42}{statistics.median(row.direct):11.2f}"
+            f"  {name:<{width}}{statistics.median(row.direct):11.2f}"
             f"{statistics.median(row.path):8.2f}{statistics.median(row.diff):10.2f}"
-            f"{pct(row.diff, 99):10.2f}{len(row.diff):8d}{row.discarded:8d}"
+            f"{pct(row.diff, 99):10.2f}{len(row.diff):6d}{dropped:>12}"
         )
+    discarded = sum(r.discarded for r in rows)
     print(
-        f"  ms; added = path - direct, per round. {discarded} round(s) discarded in all "
-        "(a dropped keep-alive connection on either side; see the docstring)."
+        "  ms; added = path - direct, per round; direct p50 is each row's own baseline (LiteLLM's "
+        "from its worker)."
+    )
+    print(
+        f"  {discarded} round(s) discarded in all: a call on a connection llama.cpp had just closed"
+        " (d/p = calls dropped on the direct side / on the path's; see the docstring)."
     )
     ours = next(r for r in result.rolegate if r.label == DEFAULT_LEDGER_ROW)
-    if result.litellm is None or not result.litellm.diff or not ours.diff:
+    theirs = result.litellm
+    target = "target: rolegate default-ledger in-process added p50 below LiteLLM Router's"
+    if theirs is None or not theirs.diff or not ours.diff:
         print(f"  LiteLLM Router: not measured. {litellm_note or ''}".rstrip())
-        print("  target (rolegate default-ledger in-process added p50 below LiteLLM's): unknown")
+        print(f"  {target}: unknown (not measured)")
         return
-    ours50, theirs50 = statistics.median(ours.diff), statistics.median(result.litellm.diff)
-    below = sum(a < b for a, b in zip(ours.block_p50, result.litellm.block_p50, strict=False))
+    ours50, theirs50 = statistics.median(ours.diff), statistics.median(theirs.diff)
+    pairs = list(zip(ours.block_p50, theirs.block_p50, strict=False))
+    below = sum(a < b for a, b in pairs)
     print(
-        f"  rolegate/LiteLLM added p50 (default SQLite ledger, in process): "
-        f"{ours50 / theirs50:.2f}x ({ours50:.2f} vs {theirs50:.2f} ms; rolegate's block p50 "
-        f"below LiteLLM's in {below} of {min(len(ours.block_p50), len(result.litellm.block_p50))}"
-        " blocks)"
+        f"  ratio rolegate/LiteLLM, added p50 (default SQLite ledger, in process): "
+        f"{ours50 / theirs50:.2f}x ({ours50:.2f} vs {theirs50:.2f} ms; block by block, rolegate "
+        f"below in {below} of {len(pairs)})"
     )
-    print(
-        "  target (rolegate default-ledger in-process added p50 below LiteLLM's): "
-        + ("met" if ours50 < theirs50 else "MISSED")
-    )
+    print(f"  {target}: {'met' if ours50 < theirs50 else 'MISSED'}")
 
 
 def main() -> None:
@@ -486,9 +514,11 @@ def main() -> None:
         if args.setup_litellm:
             setup_litellm(args.litellm_python.parent.parent)
         if not litellm_ready(args.litellm_python):
+            venv = args.litellm_python.parent.parent
+            command = SETUP_LITELLM if venv == LITELLM_VENV else f"{SETUP_LITELLM} {venv}"
             note = (
-                f"Its venv is not set up ({args.litellm_python.parent.parent}); set it up with "
-                f"`{SETUP_LITELLM}` (or run this with --setup-litellm)."
+                f"Its venv is not set up ({venv}); set it up with `{command}` "
+                "(or run this with --setup-litellm)."
             )
             print(f"[litellm] {note}", file=sys.stderr, flush=True)
             args.litellm_python = None
@@ -499,11 +529,26 @@ def main() -> None:
     ):
         try:
             result = anyio.run(measure, args, url, Path(tmp), errlog)
-        except BaseException:
+        except BaseException as exc:
             errlog.seek(0)
-            sys.stderr.write(errlog.read()[-8000:])
-            raise
+            sys.stderr.write(errlog.read()[-8000:])  # the stdio server's and the worker's
+            problem = bench_error(exc)
+            if problem is None:
+                raise
+            raise SystemExit(f"bench_run_role: {problem}") from None
     report(result, note)
+
+
+def bench_error(exc: BaseException) -> BenchError | None:
+    """The BenchError inside ``exc`` (task groups wrap it in exception groups), if any."""
+    if isinstance(exc, BenchError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = bench_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":
