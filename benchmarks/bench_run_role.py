@@ -66,7 +66,6 @@ inside a measured call.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -93,6 +92,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from rolegate.engine.bootstrap import build_engine  # noqa: E402
 from rolegate.ledger import open_ledger  # noqa: E402
 from rolegate.logs import configure_logging  # noqa: E402
 from rolegate.policy import load_policy  # noqa: E402
@@ -131,21 +131,6 @@ class BenchError(Exception):
 
 class Dropped(Exception):
     """The call got no answer: the server had closed the connection (see the docstring)."""
-
-
-def engine_builder() -> Callable[..., Any]:
-    """The service/engine factory, wherever the current refactor has put it."""
-    for module, name in (
-        ("rolegate.engine.bootstrap", "build_engine"),
-        ("rolegate.engine.bootstrap", "build_service"),
-        ("rolegate.server.bootstrap", "build_service"),
-    ):
-        try:
-            found: Callable[..., Any] = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        return found
-    raise BenchError("neither rolegate.engine.bootstrap nor rolegate.server.bootstrap builds one")
 
 
 @contextmanager
@@ -290,7 +275,7 @@ async def open_in_process(
     ledger = None if setup == "none" else open_ledger(f"sqlite://{tmp / setup}.sqlite3")
     if ledger is not None:
         stack.callback(ledger.close)
-    server: MCPServer = build_server(engine_builder()(load_policy(policy), env={}, ledger=ledger))
+    server: MCPServer = build_server(build_engine(load_policy(policy), env={}, ledger=ledger))
     client = await stack.enter_async_context(Client(server, mode="legacy"))
     return RolegateSide(Row(label), client)
 
