@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,3 +246,39 @@ def read_decision(url: str, decision_id: str, results: Any) -> None:
         results.put(ledger.get_decision(decision_id))
     finally:
         ledger.close()
+
+
+def write_concurrently(
+    url: str, worker: int, threads: int, count: int, barrier: Barrier, results: Any
+) -> None:
+    """``threads`` threads, each storing ``count`` decisions (with their audit records) and
+    reserving then committing ``count`` calls, all starting once every worker is ready."""
+    ledger = open_ledger(url)
+    cap = line("global:*:day", usd_micro=10**12)
+    errors: list[str] = []
+
+    def write(thread: int) -> None:
+        for j in range(count):
+            key = f"w{worker}-t{thread}-{j}"
+            try:
+                ledger.put_decision(
+                    f"dec-{key}", {"worker": worker, "n": j}, now=T0,
+                    audit={"kind": "decision", "decision_id": f"dec-{key}"},
+                )  # fmt: skip
+                ledger.reserve(
+                    request_id=f"req-{key}", owner="t", lines=[cap], cost_micro=10, tokens=1,
+                    now=T0, lease_s=3600,
+                )  # fmt: skip
+                ledger.commit(f"req-{key}", cost_micro=7, tokens=1, now=T0, audit={"kind": "call"})
+            except RolegateError as exc:
+                errors.append(f"{key}: {exc}")
+
+    pool = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+    barrier.wait(timeout=180)
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    committer = ledger.group_commit  # type: ignore[attr-defined]
+    ledger.close()
+    results.put((worker, errors, committer.groups, committer.writes))

@@ -11,10 +11,11 @@ stage claim row -> stage owner row (see ``_work_sql``).
 
 Durable writes go through group commit (``_group``, which explains the design): writes
 arriving together from many threads share one transaction and one fsync, each caller
-still answered with its own outcome, and only once its write is committed. SQLite groups
-every write; PostgreSQL only those that lock nothing but the new keys they insert
-(``locks_rows=False``: decisions, audit records, critiques), so that no two groups can
-deadlock on row locks.
+still answered with its own outcome, and only once its write is committed. Which writes
+are grouped is the backend's ``group_scope``: ``all`` (SQLite), ``inserts`` (only writes
+that lock nothing but the new keys they insert, ``locks_rows=False``: decisions, audit
+records, critiques; grouped row locks could deadlock two processes' groups) or ``none``
+(each write its own transaction).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Literal, TypeVar
 
 from rolegate.ledger._budget_sql import (
     check_amounts,
@@ -44,21 +45,26 @@ from rolegate.ledger.records import unique_lines
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.decision import BudgetSnapshot
 
-__all__ = ["GroupTx", "SqlLedger", "Tx"]
+__all__ = ["GroupScope", "GroupTx", "SqlLedger", "Tx"]
 
 T = TypeVar("T")
+#: Which writes share group transactions (see the module docstring).
+GroupScope = Literal["all", "inserts", "none"]
 
 
 class SqlLedger(SqlWorkStore, ABC):
     """The Ledger interface on top of a backend's transactions (see ``base.Ledger``)."""
 
     description: str
-    #: Group every write (True), or only those with ``locks_rows=False`` (row-locking
-    #: backends: grouped row locks could deadlock groups of different processes).
-    group_every_write: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, group_scope: GroupScope = "all") -> None:
+        self.group_scope: GroupScope = group_scope
         self._group = GroupCommit(self._run_group)
+
+    @property
+    def group_commit(self) -> GroupCommit:
+        """The group committer of this ledger (its counters; ``paused`` for tests)."""
+        return self._group
 
     @abstractmethod
     def _transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
@@ -88,13 +94,23 @@ class SqlLedger(SqlWorkStore, ABC):
             return work(tx)
 
     def _write(self, work: Callable[[Tx], T], *, locks_rows: bool = True) -> T:
-        if locks_rows and not self.group_every_write:
-            with self._transaction(write=True) as tx:
-                return work(tx)
-        return self._group.submit(work)
+        scope = self.group_scope
+        if scope == "all" or (scope == "inserts" and not locks_rows):
+            return self._group.submit(work)
+        with self._transaction(write=True) as tx:
+            return work(tx)
 
     def _run_group(self, members: Sequence[Member[Any]]) -> None:
         """One transaction for the whole group; each member in its own savepoint."""
+        if len(members) == 1:
+            # Alone: its own transaction, exactly as a lone write always ran (no savepoint).
+            member = members[0]
+            try:
+                with self._group_transaction() as tx:
+                    member.succeed(member.work(tx))
+            except Exception as exc:  # noqa: BLE001 - its own refusal, or its commit's LedgerError
+                member.fail(exc)
+            return
         with self._group_transaction() as tx:
             for member in members:
                 tx.savepoint()
