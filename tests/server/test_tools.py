@@ -239,3 +239,27 @@ async def test_resources_policy_roles_and_tasks(sophie_server: MCPServer, era: s
         "output_contract": None,
     }
     assert roles["models"]["llama3.1-32k"]["max_input_tokens"] == 28_768
+
+
+async def test_each_escalation_is_audited_once_with_its_move(
+    codex_rs: Any, tmp_path: Any
+) -> None:
+    """A recorded move and its audit record share one transaction; a refused move (no
+    higher rung) is audited alone. Exactly one record per escalate call."""
+    from rolegate.engine.bootstrap import build_engine
+    from rolegate.ledger import open_ledger
+    from rolegate.server.app import build_server
+
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    server = build_server(build_engine(codex_rs, env={}, ledger=ledger))
+    args = {"role": "librarian", "task_id": "t9", "full_sweep": True}
+    async with Client(server, mode="legacy") as client:
+        for _ in range(3):
+            await call(client, "escalate", args)
+    audited = [r for r in reversed(ledger.recent_audit(20)) if r.get("kind") == "escalation"]
+    ledger.close()
+    assert [(r["to_model"], r["code"]) for r in audited] == [
+        ("kimi-k2", "ESCALATE"),
+        ("claude-sonnet", "ESCALATE"),
+        (None, "NO_SUFFICIENT_MODEL"),
+    ]

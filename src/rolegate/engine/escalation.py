@@ -76,7 +76,20 @@ async def run_escalation(policy: Policy, store: Store, request: EscalateRequest)
     role, task_id = request.role, request.task_id
     decision, answer = _apply_consent(await evaluate(policy, store, request), role, request.consent)
     provenance_id = "esc_" + uuid.uuid4().hex
+    record: dict[str, object] = {
+        "kind": "escalation",
+        "request_id": provenance_id,
+        "task_id": task_id,
+        "role": role,
+        "model": decision.from_model,
+        "to_model": decision.to_model,
+        "code": decision.code,
+        "policy_hash": policy.hash,
+        "consent": answer,
+        "fired": ",".join(f.signal for f in decision.fired),
+    }
     if decision.escalate and decision.step is not None and task_id:
+        # The move and its audit record in one transaction: they cannot diverge.
         recorded = await store.record_escalation(
             task_id=task_id,
             role=role,
@@ -86,6 +99,7 @@ async def run_escalation(policy: Policy, store: Store, request: EscalateRequest)
             to_model=decision.to_model,
             fired=[f.signal for f in decision.fired],
             consent=answer,
+            audit=record,
         )
         if not recorded:
             raise RefusedError(
@@ -93,18 +107,6 @@ async def run_escalation(policy: Policy, store: Store, request: EscalateRequest)
                 "moment; read rolegate://tasks/{task_id} and escalate again if still needed",
                 code=Code.CONSENSUS_FORBIDDEN,
             )
-    await store.audit(
-        {
-            "kind": "escalation",
-            "request_id": provenance_id,
-            "task_id": task_id,
-            "role": role,
-            "model": decision.from_model,
-            "to_model": decision.to_model,
-            "code": decision.code,
-            "policy_hash": policy.hash,
-            "consent": answer,
-            "fired": ",".join(f.signal for f in decision.fired),
-        }
-    )
+    else:
+        await store.audit(record)
     return EscalateResult(provenance_id=provenance_id, consent=answer, **decision.model_dump())

@@ -28,9 +28,7 @@ from rolegate.policy.router import fallback_refusal
 log = get_logger()
 
 
-def _static_refusal(
-    policy: Policy, limits: Constraints, info: ModelInfo
-) -> Rejection | None:
+def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Rejection | None:
     return fallback_refusal(
         policy,
         info,

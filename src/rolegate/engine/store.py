@@ -207,10 +207,13 @@ class Store:
         to_model: str | None,
         fired: list[str],
         consent: str | None,
+        audit: dict[str, object],
     ) -> bool:
-        """Record a move up the ladder; False when another call moved the role first."""
+        """Record a move up the ladder with its audit record, in one transaction; False
+        (nothing written) when another call moved the role first."""
         work, now, policy_hash = self.work, self.clock(), self.policy.hash
-        return await self._off_loop(
+        durable_audit = audit if self.ledger is not None else None
+        recorded = await self._off_loop(
             lambda: work.record_escalation(
                 task_id=task_id,
                 role=role,
@@ -222,8 +225,12 @@ class Store:
                 policy_hash=policy_hash,
                 consent=consent,
                 now=now,
+                audit=durable_audit,
             )
         )
+        if recorded and durable_audit is not None:
+            self._deliver(durable_audit)
+        return recorded
 
     # -- audit --------------------------------------------------------------
     async def audit(self, record: Mapping[str, object]) -> None:
