@@ -8,11 +8,11 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitResult
 
+from rolegate.engine.bootstrap import build_engine
+from rolegate.engine.core import PolicyEngine
+from rolegate.logs import configure_logging
 from rolegate.policy import Policy
 from rolegate.server.app import build_server
-from rolegate.engine.bootstrap import build_engine
-from rolegate.logs import configure_logging
-from rolegate.engine.core import PolicyEngine
 from tests.support.servers import CountingEndpoint
 
 ERAS = ["legacy", "2026-07-28"]

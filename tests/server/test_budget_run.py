@@ -10,10 +10,10 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.engine.bootstrap import build_engine
 
 pytestmark = pytest.mark.anyio
 

@@ -14,6 +14,8 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitResult, ErrorData
 
+from rolegate.engine.bootstrap import build_engine
+from rolegate.engine.requests import EscalateRequest
 from rolegate.errors import RequestError
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.policy import Policy, load_policy
@@ -21,8 +23,6 @@ from rolegate.policy.limits import signal_names
 from rolegate.policy.loader import parse_text
 from rolegate.policy.schema import PolicyDocument
 from rolegate.server.app import build_server
-from rolegate.engine.bootstrap import build_engine
-from rolegate.engine.requests import EscalateRequest
 from tests.server.conftest import ERAS
 from tests.support.servers import CountingEndpoint, free_port
 

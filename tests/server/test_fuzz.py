@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.errors import Code
 from rolegate.ledger import SqliteLedger
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.engine.bootstrap import build_engine
 from tests.conftest import example_path
 
 CODED = re.compile(r"^([A-Z][A-Z_]+): \S")

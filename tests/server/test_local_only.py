@@ -9,9 +9,9 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from rolegate.engine.bootstrap import build_engine
 from rolegate.policy import load_policy
 from rolegate.server.app import build_server
-from rolegate.engine.bootstrap import build_engine
 from tests.server.conftest import ERAS
 from tests.support.servers import CountingEndpoint, free_port
 

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from rolegate.engine.bootstrap import build_engine
+from rolegate.engine.requests import BudgetQuery
+from rolegate.engine.spool import Spool
 from rolegate.ledger import SqliteLedger
 from rolegate.plugins.base import (
     ChatRequest,
@@ -27,9 +30,6 @@ from rolegate.plugins.manager import build_registry
 from rolegate.policy import load_policy
 from rolegate.policy.schema import Provider
 from rolegate.server.app import build_server
-from rolegate.engine.bootstrap import build_engine
-from rolegate.engine.requests import BudgetQuery
-from rolegate.engine.spool import Spool
 
 pytestmark = pytest.mark.anyio
 
