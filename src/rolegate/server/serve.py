@@ -12,18 +12,10 @@ from typing import Any
 from rolegate.errors import PluginError, PolicyError, PolicyInvalidError, RolegateError
 from rolegate.logs import configure_logging, get_logger, install_excepthooks
 from rolegate.policy import Policy, load_default_policy, load_policy
-from rolegate.server.http import (
-    DEFAULT_HEADER_TIMEOUT_S,
-    DEFAULT_KEEP_ALIVE_S,
-    DEFAULT_MAX_CONNECTIONS,
-    MAX_REQUEST_BODY_BYTES,
-    BearerAuth,
-    is_loopback,
-    run_http,
-    transport_security,
-)
 
-__all__ = ["BearerAuth", "is_loopback", "load_for_serving", "serve"]
+# The HTTP stack (uvicorn, h11) is imported only when serving HTTP: a stdio server, which
+# every desktop client starts per window, does not pay for it at start-up.
+__all__ = ["load_for_serving", "serve"]
 
 
 def report_policy_error(path: str, exc: PolicyError) -> None:
@@ -105,6 +97,8 @@ class HttpSettings:
 
 
 def _http_settings(args: argparse.Namespace) -> HttpSettings:
+    from rolegate.server.http import is_loopback, transport_security
+
     limits = _http_limits(args)
     problem = _check_http_limits(limits)
     if problem is not None:
@@ -127,6 +121,8 @@ def _http_settings(args: argparse.Namespace) -> HttpSettings:
 
 
 def _serve_http(server: Any, args: argparse.Namespace, http: HttpSettings) -> None:
+    from rolegate.server.http import MAX_REQUEST_BODY_BYTES, BearerAuth, run_http
+
     limits = http.limits
     get_logger().info(
         "http_listen",
@@ -170,6 +166,12 @@ def _http_limits(args: argparse.Namespace) -> HttpLimits:
     def given(name: str, default: Any) -> Any:
         value = getattr(args, name, None)
         return default if value is None else value
+
+    from rolegate.server.http import (
+        DEFAULT_HEADER_TIMEOUT_S,
+        DEFAULT_KEEP_ALIVE_S,
+        DEFAULT_MAX_CONNECTIONS,
+    )
 
     return HttpLimits(
         header_timeout=float(given("header_timeout", DEFAULT_HEADER_TIMEOUT_S)),
