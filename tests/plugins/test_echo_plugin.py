@@ -93,3 +93,23 @@ async def test_every_audit_record_of_a_served_run_reaches_the_sink(
     assert [r["kind"] for r in sunk] == [r["kind"] for r in stored] == ["decision", "call"]
     assert [r["code"] for r in sunk] == [r["code"] for r in stored]
     assert "secret words" not in out.read_text()
+
+
+async def test_the_server_lifespan_closes_clients_and_an_owned_ledger(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from rolegate.engine.bootstrap import build_engine
+    from rolegate.errors import LedgerError
+    from rolegate.ledger import open_ledger
+    from rolegate.server.app import build_server
+
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    engine = build_engine(load_policy(ECHO_POLICY), env={}, ledger=ledger)
+    assert engine.pool is not None
+    async with Client(build_server(engine, close_ledger=True), mode="legacy") as client:
+        ran = await client.call_tool("run_role", {"role": "parrot", "prompt": "hi"})
+        assert not ran.is_error
+        assert engine.pool.open_providers == ["echo"]
+    assert engine.pool.open_providers == []
+    with pytest.raises(LedgerError, match="was closed"):
+        ledger.recent_audit(1)

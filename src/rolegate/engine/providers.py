@@ -77,6 +77,11 @@ class ProviderPool:
         self._clients[provider] = client
         return client
 
+    @property
+    def open_providers(self) -> list[str]:
+        """The providers whose clients are open now."""
+        return sorted(self._clients)
+
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
