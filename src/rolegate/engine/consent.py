@@ -15,7 +15,8 @@ from rolegate.engine.providers import ProviderPool
 from rolegate.engine.requests import Caller
 from rolegate.engine.store import Store
 from rolegate.policy import Policy
-from rolegate.policy.decision import NO_USAGE
+from rolegate.policy.compiled import ModelInfo
+from rolegate.policy.decision import NO_USAGE, Rejection
 from rolegate.policy.router import check_model, fallback_refusal
 
 PROBE_TTL_S = 2.0
@@ -54,24 +55,29 @@ def declared_steps(policy: Policy, role: str, failed: str) -> list[str]:
     return chain[chain.index(failed) + 1 :] if failed in chain else []
 
 
+def static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Rejection | None:
+    """Why a fallback step is forbidden before any count or budget is known (premium,
+    escalation-only, local_only, allowlist, capabilities), or None."""
+    return fallback_refusal(
+        policy,
+        info,
+        job=limits.job,
+        role=limits.role,
+        local_only=limits.local_only,
+        needs=limits.needs,
+        input_tokens=0,
+        max_output=0,
+        snapshot=NO_USAGE,
+    )
+
+
 def allowed_steps(policy: Policy, limits: Constraints, failed: str) -> list[str]:
     """The steps after ``failed`` that the run's constraints allow before any count or
     budget is known: what an up-front consent question names."""
     return [
         mid
         for mid in declared_steps(policy, limits.role, failed)
-        if fallback_refusal(
-            policy,
-            policy.models[mid],
-            job=limits.job,
-            role=limits.role,
-            local_only=limits.local_only,
-            needs=limits.needs,
-            input_tokens=0,
-            max_output=0,
-            snapshot=NO_USAGE,
-        )
-        is None
+        if static_refusal(policy, limits, policy.models[mid]) is None
     ]
 
 

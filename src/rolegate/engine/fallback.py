@@ -13,33 +13,16 @@ from __future__ import annotations
 
 from rolegate.engine.accounting import Call
 from rolegate.engine.calls import CallRunner
-from rolegate.engine.consent import allowed_steps, ask_consent, declared_steps
+from rolegate.engine.consent import allowed_steps, ask_consent, declared_steps, static_refusal
 from rolegate.engine.constraints import Constraints
 from rolegate.engine.requests import Caller, Consent
 from rolegate.engine.results import FallbackInfo, FallbackStep
 from rolegate.errors import Code, ProviderError, RefusedError, RolegateError
 from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult, Message
-from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
-from rolegate.policy.decision import NO_USAGE, Rejection
-from rolegate.policy.router import fallback_refusal
 
 log = get_logger()
-
-
-def _static_refusal(policy: Policy, limits: Constraints, info: ModelInfo) -> Rejection | None:
-    return fallback_refusal(
-        policy,
-        info,
-        job=limits.job,
-        role=limits.role,
-        local_only=limits.local_only,
-        needs=limits.needs,
-        input_tokens=0,
-        max_output=0,
-        snapshot=NO_USAGE,
-    )
 
 
 async def call_with_fallback(
@@ -118,7 +101,7 @@ class _Walk:
         self.upfront = allowed_steps(self.policy, limits, primary.id)
 
     async def allowed(self, info: ModelInfo) -> bool:
-        rejection = _static_refusal(self.policy, self.limits, info)
+        rejection = static_refusal(self.policy, self.limits, info)
         if rejection is None:
             return True
         await self.refused(info, rejection.code, f"{info.id} {rejection.reason}")

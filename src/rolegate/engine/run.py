@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 from rolegate.engine.accounting import Call
 from rolegate.engine.calls import CallRunner
@@ -38,7 +37,6 @@ from rolegate.policy.contracts import check_output
 from rolegate.policy.limits import MAX_PROMPT_CHARS, check_name
 
 log = get_logger()
-Role = Literal["system", "user", "assistant"]
 
 
 def _messages(

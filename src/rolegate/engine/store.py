@@ -40,7 +40,7 @@ class NoUsage:
     description = "none (no ledger configured; spend is not counted)"
 
     def snapshot(self, policy: Policy, now: datetime) -> BudgetSnapshot:
-        return BudgetSnapshot()
+        return NO_USAGE
 
 
 class AuditSink(Protocol):
@@ -55,7 +55,6 @@ class Store:
         policy: Policy,
         *,
         ledger: Ledger | None = None,
-        usage: UsageSource | None = None,
         clock: Callable[[], datetime] = utcnow,
         sinks: AuditSink | None = None,
     ) -> None:
@@ -63,7 +62,7 @@ class Store:
         self.ledger = ledger
         self.clock = clock
         self.sinks = sinks
-        self.usage: UsageSource = ledger if ledger is not None else (usage or NoUsage())
+        self.usage: UsageSource = ledger if ledger is not None else NoUsage()
         self.work: WorkStore = ledger if ledger is not None else MemoryWork()
         self.spool = Spool(spool_dir_for(ledger)) if ledger is not None else None
         self._last_sweep = 0.0  # monotonic time dead reservations were last swept
