@@ -236,10 +236,14 @@ class Reference:
         self.intents = [(n, intent_pattern(doc.intents[n])) for n in names]
 
     def classify(self, task: str) -> str | None:
-        for name, pattern in self.intents:
-            if pattern is not None and pattern.search(task) is not None:
-                return name
-        return None
+        """The one matching intent of best priority; None if none or a tie (never by name)."""
+        doc = self.policy.doc
+        hits = [n for n, p in self.intents if p is not None and p.search(task) is not None]
+        if not hits:
+            return None
+        top = min(doc.intents[n].priority for n in hits)
+        best = [n for n in hits if doc.intents[n].priority == top]
+        return best[0] if len(best) == 1 else None
 
     def locality(self, mid: str) -> str:
         model = self.policy.doc.models[mid]

@@ -191,11 +191,11 @@ def test_malformed_requests_raise_typed_errors(
 
 
 def test_huge_task_is_refused_not_truncated(sophie: Policy) -> None:
-    big = "word " * 40_000  # 200k bytes -> ~100k estimated tokens
+    big = "word " * 40_000  # 200k bytes; o200k, cl100k and Gemma count 40,000 tokens
     d = route(RouteRequest(task=big, role="chat"), sophie)
     assert d.code == Code.OVER_BUDGET
     assert d.tokens is not None
-    assert d.tokens.task_tokens >= 100_000
+    assert d.tokens.task_tokens >= 40_000  # never below the real tokenizers
 
 
 tasks = st.text(min_size=1, max_size=300).filter(lambda t: t.strip())

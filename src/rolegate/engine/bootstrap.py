@@ -9,6 +9,7 @@ from typing import Any
 from rolegate.engine.core import PolicyEngine
 from rolegate.engine.providers import ProviderPool
 from rolegate.engine.store import Store
+from rolegate.engine.understanding import build_reader
 from rolegate.errors import Code, RolegateError
 from rolegate.ledger import Ledger, open_ledger
 from rolegate.logs import ensure_configured
@@ -43,7 +44,11 @@ def build_engine(
     kinds = resolve_role_kinds(policy.doc.roles, registry.roles)  # PLUGIN_ERROR if unknown
     sinks = AuditSinks.from_registry(registry)
     store = Store(policy, ledger=ledger, clock=clock, sinks=sinks)
-    return PolicyEngine(policy, store, pool=pool, prompts=default_prompts(kinds))
+    engine = PolicyEngine(policy, store, pool=pool, prompts=default_prompts(kinds))
+    engine.reader = build_reader(
+        policy, registry, engine.calls, pool.env, transports or {}
+    )  # PLUGIN_ERROR when the classifier's embedder type is not loaded
+    return engine
 
 
 def open_policy_ledger(policy: Policy, url: str | None) -> Ledger:

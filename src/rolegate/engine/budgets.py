@@ -21,7 +21,6 @@ from rolegate.policy.budget import (
 )
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.limits import check_count, check_name
-from rolegate.policy.tokens import estimate_method, estimate_tokens
 
 
 def scope_report(line: BudgetLine, now: datetime, snapshot: BudgetSnapshot) -> ScopeReport:
@@ -77,10 +76,10 @@ def call_check(
     doc = policy.doc
     role, model = _target(policy, job, role, model)
     info = policy.models[model]
-    settings = doc.token_estimate
     if input_tokens is None:
-        tokens = estimate_tokens(text or "", settings)
-        method = estimate_method(settings)
+        counter = policy.counters.get(info.model.tokenizer)
+        tokens = counter.count(text or "", doc.token_estimate.overhead_tokens)
+        method = policy.counters.method(counter)
     else:
         tokens, method = input_tokens, "exact (given by the caller)"
     out = output_tokens if output_tokens is not None else doc.defaults.max_output_tokens

@@ -88,11 +88,28 @@ class CallRunner:
         await reserve(self.policy, self.store, call, role=limits.role, job=limits.job,
                       lease_s=lease_s)  # fmt: skip
 
-    def _request(self, call: Call, messages: list[Message], limits: Constraints) -> ChatRequest:
+    def _request(
+        self,
+        call: Call,
+        messages: list[Message],
+        limits: Constraints,
+        schema: dict[str, object] | None = None,
+    ) -> ChatRequest:
         info = call.info
         role_def = self.policy.doc.roles[limits.role]
         name = role_def.output_contract
         contract = self.policy.doc.contracts[name] if name is not None else None
+        if schema is not None:  # the engine's own constrained question (the router model)
+            return ChatRequest(
+                model=info.model.name,
+                messages=messages,
+                max_output_tokens=call.max_output,
+                timeout_s=self.pool.timeout_s(info),
+                stream=False,
+                json_schema=schema,
+                temperature=0.0,
+                keep_alive=info.model.keep_alive,
+            )
         return ChatRequest(
             model=info.model.name,
             messages=messages,
@@ -105,12 +122,19 @@ class CallRunner:
         )
 
     async def invoke(
-        self, call: Call, messages: list[Message], limits: Constraints, caller: Caller
+        self,
+        call: Call,
+        messages: list[Message],
+        limits: Constraints,
+        caller: Caller,
+        *,
+        schema: dict[str, object] | None = None,
     ) -> ChatResult:
         """One provider call, streamed to the caller only where the channel and the model
-        allow it, and settled in the ledger whatever happens."""
+        allow it, and settled in the ledger whatever happens. ``schema``: constrain the
+        output to it at temperature 0, instead of the role's contract and temperature."""
         info = call.info
-        request = self._request(call, messages, limits)
+        request = self._request(call, messages, limits, schema)
         allowed = streaming_allowed(self.policy, limits.channel, info)
         stream_to = caller if allowed and caller.wants_progress else None
         outcome = Outcome()

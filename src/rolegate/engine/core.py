@@ -20,6 +20,7 @@ from rolegate.engine.requests import NO_CALLER, BudgetQuery, Caller, EscalateReq
 from rolegate.engine.results import BudgetReport, EscalateResult, RouteResult, RunResult
 from rolegate.engine.run import run_role
 from rolegate.engine.store import Store
+from rolegate.engine.understanding import TaskReader
 from rolegate.errors import Code, ProviderError, RequestError, RolegateError
 from rolegate.policy import Policy, RouteRequest
 from rolegate.policy.limits import check_name
@@ -35,6 +36,7 @@ class PolicyEngine:
         *,
         pool: ProviderPool | None = None,
         prompts: Mapping[str, str] | None = None,
+        reader: TaskReader | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -43,14 +45,19 @@ class PolicyEngine:
         self.prompts = dict(prompts or {})
         self.calls = CallRunner(policy, pool, store) if pool is not None else None
         self.probes = Probes(pool) if pool is not None else None
+        # Reads tasks that no keyword decides (see ``understanding``); set by ``build_engine``.
+        self.reader = reader or TaskReader(policy, None, self.calls)
 
     async def aclose(self) -> None:
         """Close the provider clients (they reopen on the next call)."""
         if self.pool is not None:
             await self.pool.aclose()
+        if self.reader.classifier is not None:
+            await self.reader.classifier.embedder.aclose()
 
     async def route_task(self, request: RouteRequest) -> RouteResult:
-        return await routing.route_task(self.policy, self.store, request)
+        proposal = await self.reader.read(request)
+        return await routing.route_task(self.policy, self.store, request, proposal)
 
     async def run_role(self, request: RunRequest, caller: Caller = NO_CALLER) -> RunResult:
         if self.calls is None:

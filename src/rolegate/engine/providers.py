@@ -19,7 +19,6 @@ from rolegate.plugins.base import Message, ProviderClient
 from rolegate.plugins.manager import Registry
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
-from rolegate.policy.tokens import estimate_tokens
 
 
 class ProviderPool:
@@ -95,17 +94,23 @@ class ProviderPool:
         return lane if lane is not None else nullcontext()
 
     async def count(self, info: ModelInfo, messages: list[Message]) -> tuple[int, bool]:
-        """Input tokens for admission: the policy's conservative estimate, or an exact count.
-
-        The exact count costs round trips, so it is asked for only when the estimate does
-        not fit, and only from local servers (cloud servers get text only in the admitted
-        call). Real usage from the provider replaces either once the call is done.
+        """Input tokens for admission, counted once per call: with the model's offline
+        tokenizer when the policy names one; from the server for ``tokenizer: server``;
+        else the calibrated estimate, replaced by the server's exact count only when the
+        estimate does not fit and the server is local (cloud servers get text only in the
+        admitted call). Real usage from the provider replaces either once the call is done.
         """
         settings = self.policy.doc.token_estimate
         text = "\n".join(m.content for m in messages)
-        estimate = estimate_tokens(text, settings, messages=len(messages))
+        overhead = settings.overhead_tokens * len(messages)
+        tokenizer = info.model.tokenizer
+        counter = self.policy.counters.get(tokenizer)
+        if counter.exact:
+            return counter.count(text, overhead), True
+        estimate = counter.count(text, overhead)
         limit = info.max_input_tokens
-        if limit is not None and estimate > limit and info.locality == "local":
+        over = limit is not None and estimate > limit and info.locality == "local"
+        if tokenizer == "server" or (tokenizer is None and over):
             client = self.client(info.model.provider)
             exact = await client.count_tokens(info.model.name, messages)
             if exact is not None:

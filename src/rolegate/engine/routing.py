@@ -8,12 +8,20 @@ from rolegate.engine.results import RouteResult
 from rolegate.engine.store import Store
 from rolegate.errors import Code, RequestError
 from rolegate.policy import Decision, Policy, RouteRequest, route
+from rolegate.policy.decision import Classification
 
 
-async def route_task(policy: Policy, store: Store, request: RouteRequest) -> RouteResult:
+async def route_task(
+    policy: Policy,
+    store: Store,
+    request: RouteRequest,
+    proposal: Classification | None = None,
+) -> RouteResult:
     """The router's decision, stored under a decision_id (usable from any process on the
-    same ledger) and audited in the same transaction (ids, no text)."""
-    decision = route(request, policy, await store.snapshot())
+    same ledger) and audited in the same transaction (ids, no text). ``proposal``: the
+    task reader's classification, when no signal or keyword decides the intent."""
+    decision = route(request, policy, await store.snapshot(), proposal)
+    how = decision.classification
     decision_id = "dec_" + uuid.uuid4().hex
     audit: dict[str, object] = {
         "kind": "decision",
@@ -25,6 +33,9 @@ async def route_task(policy: Policy, store: Store, request: RouteRequest) -> Rou
         "role": decision.role,
         "model": decision.model,
         "input_tokens": decision.tokens.input_tokens if decision.tokens else None,
+        "classified_by": how.method if how else None,
+        "confidence": how.confidence if how else None,
+        "router_asked": how.router_asked if how else False,
         "policy_hash": policy.hash,
     }
     await store.put_decision(decision_id, decision.model_dump(mode="json"), audit)

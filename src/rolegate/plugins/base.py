@@ -1,5 +1,5 @@
-"""What plugins provide: provider types (model servers) and role kinds (audit sinks are
-plain callables, see ``rolegate.plugins.sinks``).
+"""What plugins provide: provider types (model servers), embedder types and role kinds
+(audit sinks are plain callables, see ``rolegate.plugins.sinks``).
 
 A provider type turns a policy ``providers.<name>`` entry into a client; a
 client runs one chat call at a time per request, streaming deltas to a
@@ -80,6 +80,39 @@ class ProviderType(Protocol):
         transport: Any = None,
     ) -> ProviderClient:
         """``transport``: an httpx/httpx2 async transport for the client library, or None."""
+        ...
+
+
+class Embedder(Protocol):
+    """Turns texts into vectors, for the intent classifier. Raises only ProviderError."""
+
+    id: str  # the embedder and its model, e.g. 'e5-small' or 'openai:http://host/v1:bge-m3'
+
+    async def embed(self, texts: Sequence[str]) -> Sequence[Sequence[float]]:
+        """One vector per text, in order (any length; the classifier normalises them)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class EmbedderType(Protocol):
+    """Makes embedders. ``name`` is a provider type (an embedding model on a policy
+    provider of that type: ``classifier.embedder_model``) or, when ``in_process`` is true, a
+    name the policy's ``classifier.embedder`` gives (no provider, no server)."""
+
+    name: str
+    in_process: bool
+
+    def create(
+        self,
+        config: Provider | None,
+        *,
+        model: str | None,
+        api_key: str | None,
+        transport: Any = None,
+    ) -> Embedder:
+        """``config`` and ``model``: the provider and the provider's model name (None for an
+        in-process embedder)."""
         ...
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pluggy
 
-from rolegate.plugins.base import ProviderType, RoleKind
+from rolegate.plugins.base import EmbedderType, ProviderType, RoleKind
 from rolegate.plugins.sinks import AuditSink
 
 PROJECT = "rolegate"
@@ -39,6 +39,25 @@ def register_providers(register: Callable[[ProviderType], None]) -> None:
     kept. Two registrations of one name (from one plugin or two) are refused with a
     ``PluginError`` (PLUGIN_ERROR) that names both plugins; block one with ``--block``. A
     policy using a type that no loaded plugin provides fails at server start.
+    """
+
+
+@hookspec
+def register_embedders(register: Callable[[EmbedderType], None]) -> None:
+    """Register embedder types, one ``register(embedder_type)`` call each.
+
+    :param register: Call it once per embedder type the plugin provides.
+
+    An embedder type whose ``in_process`` is false is named after a provider type: the
+    policy's ``classifier.embedder_model`` names a model with the ``embeddings``
+    capability, and its provider's type picks the embedder type (the built-ins: ``openai``
+    for ``/v1/embeddings``, ``ollama`` for ``/api/embed``). An in-process embedder type is
+    named by ``classifier.embedder`` (built in: ``e5-small``).
+
+    Results combine by union: every implementation is called and every registered type is
+    kept. Two registrations of one name are refused with a ``PluginError`` (PLUGIN_ERROR)
+    that names both plugins. A policy whose classifier needs an embedder type that no loaded
+    plugin provides fails at server start.
     """
 
 

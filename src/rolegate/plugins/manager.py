@@ -17,16 +17,16 @@ import pluggy
 
 from rolegate.errors import PluginError
 from rolegate.plugins import hookspecs
-from rolegate.plugins.base import ProviderType, RoleKind
+from rolegate.plugins.base import EmbedderType, ProviderType, RoleKind
 from rolegate.plugins.sinks import AuditSink, RegisteredSink
 
 __all__ = ["AuditSink", "PluginInfo", "Registry", "build_registry", "make_plugin_manager"]
 
 
 def builtin_plugins() -> list[ModuleType]:
-    from rolegate.plugins.builtin import ollama_provider, openai_provider, roles
+    from rolegate.plugins.builtin import e5_embedder, ollama_provider, openai_provider, roles
 
-    return [openai_provider, ollama_provider, roles]
+    return [openai_provider, ollama_provider, e5_embedder, roles]
 
 
 @dataclass
@@ -40,6 +40,7 @@ class PluginInfo:
 @dataclass
 class Registry:
     providers: dict[str, ProviderType] = field(default_factory=dict)
+    embedders: dict[str, EmbedderType] = field(default_factory=dict)
     roles: dict[str, RoleKind] = field(default_factory=dict)
     # In delivery order: by plugin name, then in the order each plugin registered them.
     audit_sinks: list[RegisteredSink] = field(default_factory=list)
@@ -120,6 +121,11 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, infos: dict[str, Plug
             registry.providers[p.name] = p
             info.provides.append(f"provider:{p.name}")
 
+        def add_embedder(e: EmbedderType, info: PluginInfo = info) -> None:
+            claim("embedder type", e.name)
+            registry.embedders[e.name] = e
+            info.provides.append(f"embedder:{e.name}")
+
         def add_role(r: RoleKind, info: PluginInfo = info) -> None:
             claim("role kind", r.name)
             registry.roles[r.name] = r
@@ -137,5 +143,6 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, infos: dict[str, Plug
         caller = pm.subset_hook_caller  # call one plugin at a time to know who registered what
         others = [p for n, p in pm.list_name_plugin() if n != plugin_name and p is not None]
         caller("register_providers", others)(register=add_provider)
+        caller("register_embedders", others)(register=add_embedder)
         caller("register_roles", others)(register=add_role)
         caller("register_audit_sinks", others)(register=add_sink)

@@ -10,16 +10,18 @@ answer. The whole attempt runs under the policy's timeout.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 
 from rolegate.errors import Code, ProviderError
-from rolegate.plugins.base import ChatResult
+
+T = TypeVar("T")
 
 
 async def with_retries(
-    attempt: Callable[[], Awaitable[ChatResult]], *, model: str, retries: int, timeout_s: float
-) -> ChatResult:
+    attempt: Callable[[], Awaitable[T]], *, model: str, retries: int, timeout_s: float
+) -> T:
     """Run ``attempt`` up to ``retries + 1`` times, each within ``timeout_s``."""
     for number in range(retries + 1):
         try:

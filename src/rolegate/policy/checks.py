@@ -15,6 +15,7 @@ import re2
 from rolegate.errors import PolicyProblem
 from rolegate.policy.patterns import combined_regex, compile_re2
 from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, Model, PolicyDocument
+from rolegate.policy.understanding_checks import check_understanding
 
 
 def model_locality(doc: PolicyDocument, model: Model) -> str:
@@ -35,6 +36,7 @@ def check_document(doc: PolicyDocument) -> list[PolicyProblem]:
     problems += _check_budgets(doc)
     problems += _check_pipeline_and_risk(doc)
     problems += _check_defaults(doc)
+    problems += check_understanding(doc)
     return problems
 
 

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rolegate.errors import PolicyProblem
@@ -18,6 +19,7 @@ from rolegate.policy.patterns import combined_regex as combined_regex
 from rolegate.policy.patterns import compile_re2 as compile_re2
 from rolegate.policy.patterns import re2_options as re2_options
 from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument, Stage
+from rolegate.policy.tokenizers import Counters
 
 _TIER_ORDER = {"hot": 0, "warm": 1, "cold": 2}
 
@@ -108,6 +110,11 @@ def _budget_lines(doc: PolicyDocument) -> tuple[BudgetLine, ...]:
     return tuple(lines)
 
 
+def _base_dir(source: str) -> Path:
+    path = Path(source)
+    return path.parent if path.suffix and not source.startswith("<") else Path.cwd()
+
+
 class Policy:
     """A loaded, checked policy: the document plus the indexes routing uses.
 
@@ -160,6 +167,8 @@ class Policy:
         )
         # Declared pipeline stages by name (names are unique: checked at load).
         self.stages: dict[str, Stage] = {stage.name: stage for stage in doc.pipeline.stages}
+        # Tokenizers by name, loaded on first use; 'file:' paths are relative to the policy.
+        self.counters = Counters(doc.token_estimate, _base_dir(source))
 
     @property
     def name(self) -> str:

@@ -90,6 +90,29 @@ class TokenCount(OutputModel):
     reserve_tokens: int | None
 
 
+ClassifyMethod = Literal["caller", "size", "keywords", "embedding", "router_model", "default"]
+
+
+class Classification(OutputModel):
+    """How the task's intent was found (route_task's ``classification``)."""
+
+    method: ClassifyMethod = Field(
+        description="'caller': a role or job the caller named decides, the intent is only "
+        "recorded; 'size': an intent's min_input_tokens; 'keywords': the policy's keywords "
+        "or regexes; 'embedding': similarity to the intents' examples; 'router_model': the "
+        "policy's router role chose; 'default': nothing decided, the default intent applies."
+    )
+    label: str | None = Field(default=None, description="The intent it gave, if any.")
+    confidence: float | None = None
+    runner_up: str | None = None
+    runner_up_confidence: float | None = None
+    confident: bool | None = Field(
+        default=None, description="Whether the classifier's confidence met the threshold."
+    )
+    router_asked: bool = False
+    note: str | None = Field(default=None, description="Why the method fell through, if so.")
+
+
 class Rejection(OutputModel):
     model: str
     code: str
@@ -116,6 +139,7 @@ class Decision(OutputModel):
     premium: bool = False
     local_only: bool = False
     tokens: TokenCount | None = None
+    classification: Classification | None = None
     max_output_tokens: int | None = None
     worst_case_cost_micro: int | None = Field(
         default=None, description="Input plus max output at the model's prices, micro-USD."

@@ -9,6 +9,7 @@ from rolegate.errors import Code
 from rolegate.policy.compiled import ModelInfo, Policy
 from rolegate.policy.decision import (
     BudgetSnapshot,
+    Classification,
     Decision,
     PolicyRef,
     Rejection,
@@ -33,6 +34,7 @@ class Base:
     reasons: list[str]
     # Rejection-shaped dicts (see ``selection.Selection``); the Decision validates them.
     rejected: list[dict[str, str]]
+    classification: Classification | None = None
 
     def decide(self, **fields: Any) -> Decision:
         return Decision(
@@ -45,6 +47,7 @@ class Base:
             local_only=self.local_only,
             max_output_tokens=self.max_output_tokens,
             reasons=self.reasons,
+            classification=self.classification,
             rejected=self.rejected,
             **fields,
         )

@@ -9,7 +9,7 @@ precedence order. Screening never decides a match; it only rules intents out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import re2
@@ -54,13 +54,58 @@ def _is_word_char(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
+_VOWELS = frozenset("aeiou")
+_SPELLINGS = (("ize", "i[sz]e"), ("ise", "i[sz]e"), ("yze", "y[sz]e"), ("yse", "y[sz]e"))
+
+
+def _inflected(word: str) -> tuple[str, str]:
+    """(regex, literal stem) for an English word and its inflections and British spellings:
+    plural and verb forms (s, es, ed, ing, er, ers; y -> ies, ied; a doubled final
+    consonant: scan -> scanned), and -ize/-yze as -ise/-yse. The stem is a literal that
+    every form contains, for the screening set."""
+    lower = word.lower()
+    spelled = ""
+    for suffix, either in _SPELLINGS:
+        if lower.endswith(suffix) and len(lower) > len(suffix) + 2:
+            word, spelled = word[: -len(suffix)], either
+            break
+    if spelled:
+        stem = word + spelled[0]
+        return re2.escape(word) + spelled[:-1] + "(?:e|es|ed|ing|er|ers|ation|ations)", stem
+    if lower.endswith("e"):
+        return re2.escape(word[:-1]) + "(?:e|es|ed|ing|er|ers)", word[:-1]
+    if lower.endswith("y") and len(lower) > 2 and lower[-2] not in _VOWELS:
+        return re2.escape(word[:-1]) + "(?:y|ies|ied|ying)", word[:-1]
+    doubled = ""
+    if (
+        len(lower) >= 3
+        and lower[-1] not in _VOWELS | {"w", "x", "y"}
+        and lower[-2] in _VOWELS
+        and lower[-3] not in _VOWELS
+    ):
+        doubled = "|" + re2.escape(word[-1]) + "(?:ed|ing|er|ers)"
+    return re2.escape(word) + f"(?:s|es|ed|ing|er|ers{doubled})?", word
+
+
+def _keyword_parts(keyword: str) -> tuple[str, str]:
+    """(regex body, screening literal): the last word of an all-letters keyword is
+    inflected; any other keyword is matched as written."""
+    head, _, last = keyword.rpartition(" ")
+    if len(last) >= 3 and last.isascii() and last.isalpha():
+        body, stem = _inflected(last)
+        prefix = head + " " if head else ""
+        return re2.escape(prefix) + body, prefix + stem
+    return re2.escape(keyword), keyword
+
+
 def _keyword_regex(keyword: str) -> str:
-    """``keyword`` as a whole word: what ``\\b keyword \\b`` means in Python's re."""
+    """``keyword`` as a whole word (with its inflections): what ``\\b keyword \\b`` means in
+    Python's re."""
     if not keyword:
         return r"\b"
     before = f"(?:^|{_NOT_WORD})" if _is_word_char(keyword[0]) else _WORD
     after = f"(?:$|{_NOT_WORD})" if _is_word_char(keyword[-1]) else _WORD
-    return before + str(re2.escape(keyword)) + after
+    return before + _keyword_parts(keyword)[0] + after
 
 
 def intent_pattern(intent: Intent) -> IntentPattern | None:
@@ -79,7 +124,8 @@ def _screens(intent: Intent) -> list[str]:
     common prefix, while the word-edge classes would add thousands of instructions per
     keyword and a thread per intent to every state.
     """
-    return [str(re2.escape(k)) for k in intent.match.keywords] + list(intent.match.regex)
+    stems = [str(re2.escape(_keyword_parts(k)[1])) for k in intent.match.keywords]
+    return stems + list(intent.match.regex)
 
 
 class _Group:
@@ -142,8 +188,17 @@ class IntentMatcher:
 
     def first(self, task: str) -> int | None:
         """The position of the first intent whose own pattern matches ``task``, or None."""
+        for position in self._matches(task):
+            return position
+        return None
+
+    def all(self, task: str) -> list[int]:
+        """The positions of every intent whose own pattern matches ``task``, in order."""
+        return list(self._matches(task))
+
+    def _matches(self, task: str) -> Iterator[int]:
         if not self._groups:
-            return None
+            return
         # Encoded once (as RE2 would for each search); a lone surrogate raises here.
         text = task.encode("utf-8")
         for group in self._groups:
@@ -158,5 +213,4 @@ class IntentMatcher:
                 pattern = self._patterns[position]
                 assert pattern is not None
                 if pattern.search(text) is not None:
-                    return position
-        return None
+                    yield position

@@ -14,25 +14,43 @@ from __future__ import annotations
 
 from rolegate.errors import Code, RequestError
 from rolegate.policy.compiled import CompiledIntent, ModelInfo, Policy
-from rolegate.policy.decision import NO_USAGE, BudgetSnapshot, Decision, PolicyRef, RouteRequest
+from rolegate.policy.decision import (
+    NO_USAGE,
+    BudgetSnapshot,
+    Classification,
+    Decision,
+    PolicyRef,
+    RouteRequest,
+)
+from rolegate.policy.intents import IntentChoice, choose_intent, keyword_ties
 from rolegate.policy.limits import MAX_TASK_CHARS, check_count, check_name, check_needs
 from rolegate.policy.outcomes import Base, Tokens, refused, routed, streaming_allowed
 from rolegate.policy.schema import Job, PolicyDocument
 from rolegate.policy.selection import Refusal, check_model, fallback_refusal, role_for, select_model
-from rolegate.policy.tokens import estimate_method, estimate_tokens
 
 # The per-model checks live in `selection` and `outcomes`; the engine and escalation
 # import them from here.
-__all__ = ["Refusal", "check_model", "classify", "fallback_refusal", "route", "streaming_allowed"]
+__all__ = [
+    "Refusal",
+    "check_model",
+    "classify",
+    "count_input",
+    "fallback_refusal",
+    "route",
+    "streaming_allowed",
+    "validate_request",
+]
 
 
 def classify(policy: Policy, task: str) -> CompiledIntent | None:
-    """The first intent (by priority, then name) whose keywords or patterns match."""
-    position = policy.intent_matcher.first(task)
-    return None if position is None else policy.intents[position]
+    """The single keyword/regex intent of best priority that matches ``task``; None when
+    none matches or several tie (ties are never decided by names)."""
+    ties = keyword_ties(policy, task)
+    return ties[0] if len(ties) == 1 else None
 
 
-def _validate(request: RouteRequest, policy: Policy) -> None:
+def validate_request(request: RouteRequest, policy: Policy) -> None:
+    """RequestError for a malformed request (unknown names, empty or oversized task)."""
     if len(request.task) > MAX_TASK_CHARS:
         raise RequestError(
             f"task is {len(request.task):,} characters; the limit is {MAX_TASK_CHARS:,}. "
@@ -65,13 +83,21 @@ def _validate(request: RouteRequest, policy: Policy) -> None:
     check_count(request.max_output_tokens, "max_output_tokens", low=1)
 
 
-def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None = None) -> Decision:
+def route(
+    request: RouteRequest,
+    policy: Policy,
+    budget: BudgetSnapshot | None = None,
+    proposal: Classification | None = None,
+) -> Decision:
     """Decide which model serves ``request``, or refuse with a code and a sentence.
+
+    ``proposal``: the engine's classification of the task (examples or router model), for
+    when no signal or keyword decides its intent (``intents.choose_intent``).
 
     Raises RequestError only for malformed requests (unknown job/role/channel,
     empty task); every policy outcome, refusals included, is a Decision.
     """
-    _validate(request, policy)
+    validate_request(request, policy)
     doc = policy.doc
     snapshot = budget or NO_USAGE
     ref = PolicyRef(name=doc.name, revision=doc.revision, hash=policy.hash)
@@ -87,14 +113,31 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
         )
     reasons: list[str] = []
     local_only = _local_only(request, policy, reasons)
-    matched, intent = _intent(policy, request.task, reasons)
+    sized = count_input(request, policy)  # the estimate: intents' sizes are model-agnostic
+    choice = choose_intent(policy, request, sized.input_tokens, proposal)
+    intent = choice.intent
+    reasons.append(_intent_reason(choice))
+    if choice.refusal is not None:
+        return Decision(
+            outcome="refuse",
+            code=Code.INTENT_UNCERTAIN,
+            message=choice.refusal,
+            policy=ref,
+            job=request.job,
+            local_only=local_only,
+            reasons=reasons,
+            classification=choice.classification,
+            remedies=["name a role or job", "add examples or keywords for this kind of task"],
+        )
+    matched = intent if choice.matched else None
     role = _role(request, job, matched, intent, doc, reasons)
     needs = _needs(request, job, intent, role)
-    tokens = _tokens(request, doc)
     max_output = request.max_output_tokens or doc.defaults.max_output_tokens
+    candidates = _candidates(policy, role, reasons)
+    tokens = count_input(request, policy, candidates)
     selection = select_model(
         policy,
-        _candidates(policy, role, reasons),
+        candidates,
         job_name=request.job,
         role=role,
         local_only=local_only,
@@ -114,6 +157,7 @@ def route(request: RouteRequest, policy: Policy, budget: BudgetSnapshot | None =
         max_output_tokens=max_output,
         reasons=reasons,
         rejected=selection.rejected,
+        classification=choice.classification,
     )
     chosen = selection.chosen
     if chosen is None:
@@ -140,20 +184,21 @@ def _candidates(policy: Policy, role: str | None, reasons: list[str]) -> tuple[M
     return policy.routable_by_cost
 
 
-def _intent(
-    policy: Policy, task: str, reasons: list[str]
-) -> tuple[CompiledIntent | None, CompiledIntent | None]:
-    """The intent that matched the task, and the one in force (the default if none did)."""
-    matched = classify(policy, task)
-    default = policy.doc.defaults.intent
-    if matched is not None:
-        reasons.append(f"intent {matched.name!r} matched")
-        return matched, matched
-    if default is not None:
-        intent = policy.intents_by_name[default]
-        reasons.append(f"no intent matched; default intent {intent.name!r}")
-        return None, intent
-    return None, None
+def _intent_reason(choice: IntentChoice) -> str:
+    info = choice.classification
+    name = choice.intent.name if choice.intent is not None else None
+    how: str = info.method
+    if info.confidence is not None:
+        how += f" {info.confidence:.2f}"
+    if not choice.matched:
+        text = (
+            f"no intent decided ({how}); default intent {name!r}"
+            if name
+            else (f"no intent decided ({how})")
+        )
+    else:
+        text = f"intent {name!r} ({how})"
+    return text + (f": {info.note}" if info.note else "")
 
 
 def _role(
@@ -194,15 +239,26 @@ def _needs(
     return frozenset(needs)
 
 
-def _tokens(request: RouteRequest, doc: PolicyDocument) -> Tokens:
-    ts = doc.token_estimate
-    task_tokens = estimate_tokens(request.task, ts)
+def count_input(
+    request: RouteRequest, policy: Policy, candidates: tuple[ModelInfo, ...] = ()
+) -> Tokens:
+    """The request's input tokens: the caller's exact count, or the task's (counted with the
+    candidates' tokenizers, the largest count when they differ; the calibrated estimate
+    when none has an offline one) plus context_tokens as given."""
+    counters = policy.counters
+    overhead = policy.doc.token_estimate.overhead_tokens
+    found = {counters.get(info.model.tokenizer).name: info for info in candidates}
+    chosen = [counters.get(found[name].model.tokenizer) for name in sorted(found)]
+    counts = [(c.count(request.task, overhead), c) for c in chosen or [counters.estimate]]
+    task_tokens, counter = max(counts, key=lambda pair: (pair[0], pair[1].name))
     context_tokens = request.context_tokens or 0
     if request.input_tokens is not None:
         return Tokens(
             request.input_tokens, "exact (given by the caller)", task_tokens, context_tokens
         )
-    method = estimate_method(ts)
+    method = counters.method(counter)
+    if len(counts) > 1:
+        method = f"largest of {len(counts)} tokenizers: {method}"
     if context_tokens:
         method += " + context_tokens as given"
     return Tokens(task_tokens + context_tokens, method, task_tokens, context_tokens)

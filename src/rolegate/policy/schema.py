@@ -61,6 +61,12 @@ KNOWN_CAPABILITIES = frozenset(
 )
 
 
+def _unset(value: object) -> bool:
+    # Fields added after version 1 shipped are left out of the canonical JSON while unset,
+    # so adding them changed the hash of no policy written before them.
+    return value is None or value == ()
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,6 +143,15 @@ class Model(Strict):
     quantization: str | None = None
     memory_gb: float | None = Field(default=None, gt=0)
     description: str | None = None
+    tokenizer: str | None = Field(
+        default=None,
+        pattern=r"^(o200k|cl100k|server|estimate|file:.+)$",
+        description="How this model's input is counted: 'o200k' or 'cl100k' (OpenAI "
+        "encodings, offline), 'file:PATH' (a tokenizer.json, relative to the policy file), "
+        "'server' (the provider's /tokenize, llama.cpp and vLLM), 'estimate'. Default: the "
+        "server's count where it offers one, else the calibrated estimate.",
+        exclude_if=_unset,
+    )
 
 
 class Fallback(Strict):
@@ -243,10 +258,63 @@ class Match(Strict):
 
 class Intent(Strict):
     description: str | None = None
-    match: Match = Match()
+    match: Match = Field(
+        default=Match(),
+        description="High-precision overrides: keywords (whole words, with their inflections "
+        "and British spellings) or RE2 regexes. A match decides the intent before the "
+        "classifier is asked.",
+    )
+    examples: tuple[Annotated[str, Field(min_length=1, max_length=2000)], ...] = Field(
+        default=(),
+        max_length=500,
+        description="Utterances of this intent. When any intent has examples, tasks that no "
+        "keyword decides are classified by similarity to them (see 'classifier').",
+        exclude_if=_unset,
+    )
+    min_input_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Size decides: a task whose input (the task plus context_tokens) is at "
+        "least this many tokens has this intent, whatever its words.",
+        exclude_if=_unset,
+    )
     requires: tuple[Name, ...] = ()
     role: Name | None = Field(default=None, description="Route this intent to a fixed role.")
     priority: int = Field(default=100, description="When several intents match, lower wins.")
+
+
+class Classifier(Strict):
+    """How tasks that no keyword decides are classified by their intents' examples."""
+
+    embedder: Name = Field(
+        default="e5-small",
+        description="An in-process embedder registered by a plugin; the built-in 'e5-small' "
+        "(multilingual-e5-small, 4-bit, shipped on PyPI) needs no server and no model hub. "
+        "Ignored when 'embedder_model' is set.",
+    )
+    embedder_model: Name | None = Field(
+        default=None,
+        description="A policy model with the 'embeddings' capability, served by its provider "
+        "(/v1/embeddings on OpenAI-compatible servers, /api/embed on Ollama).",
+    )
+    method: Literal["centroid", "knn"] = Field(
+        default="knn",
+        description="'knn': the examples nearest the task vote; 'centroid': the nearest "
+        "intent mean.",
+    )
+    threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Confidence below which the classifier is unsure (see 'on_unsure').",
+    )
+    on_unsure: Literal["router", "default", "refuse"] = Field(
+        default="default",
+        description="'router': ask 'router_role' to choose among the intents (schema-"
+        "constrained, temperature 0, budgeted and audited); 'default': the default intent, "
+        "said in the decision; 'refuse': refuse with INTENT_UNCERTAIN.",
+    )
+    router_role: Name | None = None
 
 
 class Channel(Strict):
@@ -366,6 +434,12 @@ class PolicyDocument(Strict):
     lanes: Lanes = Lanes()
     token_estimate: TokenEstimate = TokenEstimate()
     defaults: Defaults = Defaults()
+    classifier: Classifier | None = Field(
+        default=None,
+        description="Settings of the example-based intent classifier; it runs whenever an "
+        "intent has examples, with these defaults when this section is absent.",
+        exclude_if=_unset,
+    )
     ledger: str | None = Field(
         default=None, description="Ledger URL (sqlite:///path or postgresql://...)."
     )

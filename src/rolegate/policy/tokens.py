@@ -1,11 +1,14 @@
-"""Conservative token estimates for when no tokenizer is at hand.
+"""The calibrated token estimate, for models whose tokenizer cannot be had offline.
 
-Byte-level BPE tokenizers never give a token less than one byte, and they split
-digits, punctuation, whitespace next to them and rare characters finely. So the
-estimate counts one token per ASCII digit, punctuation mark and whitespace
-character, one per UTF-8 byte of non-ASCII text, and for each run of ASCII
-letters one per ``chars_per_token`` letters, rounded up (English words average
-near 4 letters a token). Every step is a C-speed string operation.
+It counts features that every byte-level BPE and SentencePiece tokenizer splits alike and
+weighs them by what the worst of o200k, cl100k and Gemma 3 spends on them, fitted on
+``benchmarks/data/token_corpus`` (prose, code, logs, JSON, CJK, emoji) so that it is never
+below any of them on a corpus chunk and as close as one estimate can be
+(``benchmarks/bench_tokens.py`` prints the ratios): per ASCII word 0.5 plus 0.4 /
+``chars_per_token`` per letter (0.2 at the default 2), 1.3 per digit (Gemma splits every
+digit), 0.6 per punctuation mark, 1.8 per line break, 1.2 per run of indentation, 1.3 per
+CJK character, 0.75 per other non-ASCII letter, 0.7 per UTF-8 byte of other symbols (emoji).
+Every step is a C-speed string operation.
 """
 
 from __future__ import annotations
@@ -16,30 +19,62 @@ import string
 
 from rolegate.policy.schema import TokenEstimate
 
-_LETTERS_ONLY = str.maketrans(
-    "", "", string.digits + string.punctuation + string.whitespace + "".join(map(chr, range(32)))
-)
-_LETTER_RUN = re.compile(r"[A-Za-z]+")
+_WORDS = re.compile(r"[A-Za-z]+")
+_INDENT = re.compile(r"[ \t]{2,}")
+_LETTERS = string.ascii_letters
+_DIGITS = string.digits
+_PUNCT = string.punctuation
+_NOT = {ord(c): None for c in _LETTERS}
+_KEEP_DIGITS = str.maketrans("", "", "".join(chr(i) for i in range(128) if chr(i) not in _DIGITS))
+_KEEP_PUNCT = str.maketrans("", "", "".join(chr(i) for i in range(128) if chr(i) not in _PUNCT))
+_KEEP_LETTERS = str.maketrans("", "", "".join(chr(i) for i in range(128) if chr(i) not in _LETTERS))
+
+
+def _non_ascii(text: str) -> tuple[int, int, int]:
+    """(CJK characters, other non-ASCII letters, UTF-8 bytes of other non-ASCII symbols)."""
+    cjk = other = symbol_bytes = 0
+    for char in text:
+        if char.isascii():
+            continue
+        if char.isalpha():
+            if ord(char) >= 0x2E80:
+                cjk += 1
+            else:
+                other += 1
+        else:
+            symbol_bytes += len(char.encode("utf-8", "surrogatepass"))
+    return cjk, other, symbol_bytes
 
 
 def estimate_tokens(text: str, settings: TokenEstimate, messages: int = 1) -> int:
     """Estimated tokens of ``text`` sent as ``messages`` chat messages, rounded up."""
     if text.isascii():
-        ascii_text, non_ascii_bytes = text, 0
+        ascii_text, cjk, other, symbol_bytes = text, 0, 0, 0
     else:
         ascii_text = text.encode("ascii", "ignore").decode("ascii")
-        non_ascii_bytes = len(text.encode("utf-8")) - len(ascii_text)
-    letters = len(ascii_text.translate(_LETTERS_ONLY))
-    fine = len(ascii_text) - letters  # digits, punctuation, whitespace: a token each
-    runs = _LETTER_RUN.subn("", ascii_text)[1]
-    per = settings.chars_per_token
-    # Each run rounds up on its own: ceil(n / per) <= n / per + (1 - 1 / per).
-    words = math.ceil(letters / per + runs * max(0.0, 1 - 1 / per))
-    return fine + non_ascii_bytes + words + settings.overhead_tokens * messages
+        cjk, other, symbol_bytes = _non_ascii(text)
+    words = len(_WORDS.findall(ascii_text))
+    letters = len(ascii_text.translate(_KEEP_LETTERS))
+    digits = len(ascii_text.translate(_KEEP_DIGITS))
+    punct = len(ascii_text.translate(_KEEP_PUNCT))
+    lines = ascii_text.count("\n")
+    indents = len(_INDENT.findall(ascii_text))
+    total = (
+        0.5 * words
+        + 0.4 / settings.chars_per_token * letters
+        + 1.3 * digits
+        + 0.6 * punct
+        + 1.8 * lines
+        + 1.2 * indents
+        + 1.3 * cjk
+        + 0.75 * other
+        + 0.7 * symbol_bytes
+    )
+    return math.ceil(total) + settings.overhead_tokens * messages
 
 
 def estimate_method(settings: TokenEstimate) -> str:
     return (
-        f"estimate: 1 per digit, punctuation, whitespace and non-ASCII byte; 1 per "
-        f"{settings.chars_per_token:g} letters; +{settings.overhead_tokens} per message"
+        "estimate: calibrated on prose, code, logs, JSON, CJK and emoji against o200k, "
+        f"cl100k and Gemma 3 (never below them there); +{settings.overhead_tokens} per message"
     )

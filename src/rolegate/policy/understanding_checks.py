@@ -1,0 +1,122 @@
+"""Checks of what the policy says about understanding tasks: intents' examples and sizes,
+the classifier's references, and each model's tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rolegate.errors import PolicyProblem
+from rolegate.policy.schema import Classifier, PolicyDocument
+
+MIN_EXAMPLES = 3
+
+
+def _err(location: str, message: str) -> PolicyProblem:
+    return PolicyProblem(location, message, "error")
+
+
+def _warn(location: str, message: str) -> PolicyProblem:
+    return PolicyProblem(location, message, "warning")
+
+
+def check_understanding(doc: PolicyDocument) -> Iterable[PolicyProblem]:
+    yield from _check_examples(doc)
+    yield from _check_sizes(doc)
+    if doc.classifier is not None:
+        yield from _check_classifier(doc, doc.classifier)
+    for mid, model in doc.models.items():
+        provider = doc.providers.get(model.provider)
+        if model.tokenizer == "server" and provider is not None and provider.type == "ollama":
+            yield _err(
+                f"models.{mid}.tokenizer",
+                "Ollama has no tokenize endpoint; use 'estimate', 'file:PATH' or leave it unset",
+            )
+
+
+def _check_examples(doc: PolicyDocument) -> Iterable[PolicyProblem]:
+    with_examples = [iid for iid, intent in doc.intents.items() if intent.examples]
+    if not with_examples:
+        if doc.classifier is not None:
+            yield _warn("classifier", "no intent has examples, so the classifier never runs")
+        return
+    for iid, intent in doc.intents.items():
+        count = len(intent.examples)
+        if intent.min_input_tokens is not None and not count:
+            continue  # decided by size alone
+        if count < MIN_EXAMPLES:
+            yield _err(
+                f"intents.{iid}.examples",
+                f"{count} example(s); the classifier needs at least {MIN_EXAMPLES} per intent "
+                "when any intent has examples (an intent without examples is never chosen "
+                "by it)",
+            )
+        seen: dict[str, str] = {}
+        for other, other_intent in doc.intents.items():
+            if other != iid:
+                seen.update({e.casefold(): other for e in other_intent.examples})
+        for example in intent.examples:
+            clash = seen.get(example.casefold())
+            if clash is not None and iid < clash:
+                yield _err(
+                    f"intents.{iid}.examples",
+                    f"the example {example[:60]!r} is also an example of intent {clash!r}",
+                )
+
+
+def _check_sizes(doc: PolicyDocument) -> Iterable[PolicyProblem]:
+    by_size: dict[tuple[int, int], str] = {}
+    for iid, intent in sorted(doc.intents.items()):
+        if intent.min_input_tokens is None:
+            continue
+        key = (intent.min_input_tokens, intent.priority)
+        other = by_size.get(key)
+        if other is not None:
+            yield _err(
+                f"intents.{iid}.min_input_tokens",
+                f"intent {other!r} has the same min_input_tokens and priority; give one of "
+                "them a lower priority (ties are never decided by names)",
+            )
+        by_size[key] = iid
+
+
+def _check_classifier(doc: PolicyDocument, classifier: Classifier) -> Iterable[PolicyProblem]:
+    at = "classifier"
+    if classifier.embedder_model is not None:
+        model = doc.models.get(classifier.embedder_model)
+        if model is None:
+            yield _err(f"{at}.embedder_model", f"unknown model {classifier.embedder_model!r}")
+        elif "embeddings" not in model.capabilities:
+            yield _err(
+                f"{at}.embedder_model",
+                f"model {classifier.embedder_model!r} lacks the 'embeddings' capability",
+            )
+        elif doc.privacy.local_only and _cloud(doc, classifier.embedder_model):
+            yield _err(
+                f"{at}.embedder_model",
+                "the policy is local_only and this embedding model is in the cloud: every "
+                "task's text would leave the machine",
+            )
+    if classifier.on_unsure == "router":
+        role = classifier.router_role
+        if role is None:
+            yield _err(f"{at}.router_role", "on_unsure 'router' needs a router_role")
+        elif role not in doc.roles:
+            yield _err(f"{at}.router_role", f"unknown role {role!r}")
+    elif classifier.router_role is not None:
+        yield _warn(
+            f"{at}.router_role",
+            f"on_unsure is {classifier.on_unsure!r}, so the router role is never asked",
+        )
+    if classifier.on_unsure == "default" and doc.defaults.intent is None:
+        yield _warn(
+            f"{at}.on_unsure",
+            "no defaults.intent: an unsure task gets no intent (the default role, or the "
+            "cheapest model that chats)",
+        )
+
+
+def _cloud(doc: PolicyDocument, mid: str) -> bool:
+    model = doc.models[mid]
+    provider = doc.providers.get(model.provider)
+    locality = model.locality or (provider.locality if provider is not None else "cloud")
+    return locality == "cloud"
