@@ -6,13 +6,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from rolegate import __version__
 from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
 from rolegate.policy.loader import default_policy_text
 from rolegate.policy.schema import PolicyDocument
+
+if TYPE_CHECKING:
+    from rolegate.engine.understanding import TaskReader
 
 
 def _load(path: str | None) -> Policy:
@@ -53,9 +58,33 @@ def _cmd_route(args: argparse.Namespace) -> int:
         risk=args.risk,
         max_output_tokens=args.max_output_tokens,
     )
-    decision = route(request, policy)
+    reader = _reader(policy)
+    decision = route(request, policy, None, anyio.run(reader.read, request))
     print(decision.model_dump_json(indent=2))
     return 0 if decision.outcome != "refuse" else 3
+
+
+def _reader(policy: Policy) -> TaskReader:
+    """The policy's task reader without providers: the classifier, not the router model."""
+    import os
+
+    from rolegate.engine.understanding import build_reader
+    from rolegate.plugins.manager import build_registry
+
+    return build_reader(policy, build_registry(), None, os.environ, {})
+
+
+def _cmd_eval_router(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rolegate.engine.evaluation import evaluate, load_labelled, render
+
+    policy = _load(args.policy)
+    rows = load_labelled(Path(args.labelled), policy)
+    reader = _reader(policy)
+    report = anyio.run(evaluate, policy, reader, rows)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else render(report))
+    return 0
 
 
 def _cmd_policy(args: argparse.Namespace) -> int:
@@ -154,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--risk", choices=["low", "normal", "high"])
     p.add_argument("--max-output-tokens", type=int)
     p.set_defaults(func=_cmd_route)
+
+    p = sub.add_parser(
+        "eval-router",
+        help="measure a policy's intents on labelled tasks: accuracy per intent, confusion "
+        "matrix, coverage at the classifier's threshold, latency",
+    )
+    p.add_argument("labelled", help='JSON lines: {"task": ..., "intent": ... or null}')
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=_cmd_eval_router)
     _add_tools(sub)
     return parser
 

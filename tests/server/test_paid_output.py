@@ -54,7 +54,7 @@ pipeline:
   stages:
     - {name: plan, owner: planner, max_retries: 1}
 jobs:
-  tight: {role: planner, budgets: [{window: day, tokens: 600}]}
+  tight: {role: planner, budgets: [{window: day, tokens: 400}]}
 budgets:
   - {scope: global, window: day, usd: "1.00"}
 """
@@ -179,9 +179,9 @@ async def test_a_validation_retry_that_fails_keeps_the_output_already_paid_for(
     tmp_path: Path, ledger: SqliteLedger
 ) -> None:
     server, _ = _server(tmp_path, ledger, lambda: None)
-    words = "word " * 100
+    words = "word " * 100  # ~160 input tokens + 100 output: one call fits 400, two do not
     async with Client(server, mode="legacy") as client:
-        # The output breaks the contract; the retry cannot fit the job's 600-token budget.
+        # The output breaks the contract; the retry cannot fit the job's 400-token budget.
         result = await client.call_tool(
             "run_role",
             {"role": "planner", "job": "tight", "prompt": words, "max_output_tokens": 100,

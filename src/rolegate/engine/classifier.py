@@ -15,19 +15,25 @@ policy hash is part of every key), so a repeated task costs a dict lookup.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from rolegate.engine.text import encodable
 from rolegate.errors import Code, ProviderError
+from rolegate.logs import get_logger
 from rolegate.policy.decision import Classification
 from rolegate.policy.schema import Classifier
 
 if TYPE_CHECKING:
     from rolegate.plugins.base import Embedder
+
+log = get_logger()
 
 K_NEAREST = 3
 TEMPERATURE = 0.02  # cosine gaps between e5 intents are a few hundredths
@@ -49,7 +55,11 @@ class IntentClassifier:
         examples: Sequence[tuple[str, Sequence[str]]],
         embedder: Embedder,
         settings: Classifier,
+        cache_dir: Path | None = None,
     ) -> None:
+        # The examples' vectors are kept in cache_dir (one file per embedder and example
+        # set), so a restart does not embed them again: seconds for a few hundred examples.
+        self.cache_dir = cache_dir
         self.labels = [label for label, texts in examples if texts]
         self._texts = [(label, list(texts)) for label, texts in examples if texts]
         self.embedder = embedder
@@ -68,21 +78,52 @@ class IntentClassifier:
             if self._matrix is not None:
                 return
             np = _np()
-            rows: list[Any] = []
-            owners: list[int] = []
-            for index, (_, texts) in enumerate(self._texts):
-                for start in range(0, len(texts), BATCH):
-                    batch = texts[start : start + BATCH]
-                    rows.append(_normalised(np, await self.embedder.embed(batch)))
-                    owners += [index] * len(batch)
-            matrix = np.vstack(rows)
-            owner = np.asarray(owners)
+            owner = np.asarray([i for i, (_, texts) in enumerate(self._texts) for _ in texts])
+            matrix = await anyio.to_thread.run_sync(self._load_cached)
+            if matrix is None or len(matrix) != len(owner):
+                rows: list[Any] = []
+                for _, texts in self._texts:
+                    for start in range(0, len(texts), BATCH):
+                        batch = texts[start : start + BATCH]
+                        rows.append(_normalised(np, await self.embedder.embed(batch)))
+                matrix = np.vstack(rows)
+                await anyio.to_thread.run_sync(self._store_cached, matrix)
             centroids = np.vstack(
                 [matrix[owner == i].mean(axis=0) for i in range(len(self.labels))]
             )
             self._centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
             self._owner = owner
             self._matrix = matrix
+
+    def _cache_file(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256(self.embedder.id.encode())
+        for label, texts in self._texts:
+            digest.update(json.dumps([label, texts]).encode())
+        return self.cache_dir / f"examples-{digest.hexdigest()[:32]}.npy"
+
+    def _load_cached(self) -> Any:
+        path = self._cache_file()
+        if path is None or not path.exists():
+            return None
+        try:
+            return _np().load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # unreadable or half-written: embed again
+
+    def _store_cached(self, matrix: Any) -> None:
+        path = self._cache_file()
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            with partial.open("wb") as out:
+                _np().save(out, matrix, allow_pickle=False)
+            os.replace(partial, path)
+        except OSError as exc:
+            log.warning("embedding_cache_unwritable", error=type(exc).__name__)
 
     def cached(self, task: str) -> Classification | None:
         key = _key(task)

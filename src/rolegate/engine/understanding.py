@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from rolegate.engine.calls import CallRunner
@@ -47,6 +48,17 @@ class TaskReader:
         self.classifier = classifier
         self.calls = calls
         self.settings = classifier_settings(policy)
+
+    async def warm(self) -> None:
+        """Embed the examples now (a failure is logged; the first task retries)."""
+        if self.classifier is None:
+            return
+        try:
+            await self.classifier.prepare()
+        except ProviderError as exc:
+            log.warning(
+                "classifier_warmup_failed", code=str(exc.code), policy_hash=self.policy.hash
+            )
 
     async def read(self, request: RouteRequest) -> Classification | None:
         """The classifier's (or router model's) proposal, when nothing cheaper decides the
@@ -141,8 +153,21 @@ def build_reader(
         return TaskReader(policy, None, calls)
     embedder = make_embedder(policy, registry, env, transports)
     examples = [(i.name, i.intent.examples) for i in policy.intents]
-    return TaskReader(policy, IntentClassifier(examples, embedder, classifier_settings(policy)),
-                      calls)  # fmt: skip
+    settings = classifier_settings(policy)
+    classifier = IntentClassifier(examples, embedder, settings, cache_dir=embedding_cache(env))
+    return TaskReader(policy, classifier, calls)
+
+
+def embedding_cache(env: Mapping[str, str]) -> Path | None:
+    """ROLEGATE_CACHE_DIR, else $XDG_CACHE_HOME/rolegate, else ~/.cache/rolegate; 'off'
+    (or no home) keeps nothing on disk."""
+    given = env.get("ROLEGATE_CACHE_DIR")
+    if given == "off":
+        return None
+    if given:
+        return Path(given)
+    base = env.get("XDG_CACHE_HOME") or (str(Path.home() / ".cache") if Path.home() else "")
+    return Path(base) / "rolegate" if base else None
 
 
 def make_embedder(

@@ -41,14 +41,11 @@ def _check_examples(doc: PolicyDocument) -> Iterable[PolicyProblem]:
         return
     for iid, intent in doc.intents.items():
         count = len(intent.examples)
-        if intent.min_input_tokens is not None and not count:
-            continue  # decided by size alone
-        if count < MIN_EXAMPLES:
+        if 0 < count < MIN_EXAMPLES:
             yield _err(
                 f"intents.{iid}.examples",
-                f"{count} example(s); the classifier needs at least {MIN_EXAMPLES} per intent "
-                "when any intent has examples (an intent without examples is never chosen "
-                "by it)",
+                f"{count} example(s); give at least {MIN_EXAMPLES}, or none (an intent without "
+                "examples is reached by its keywords, its size or as the default only)",
             )
         seen: dict[str, str] = {}
         for other, other_intent in doc.intents.items():

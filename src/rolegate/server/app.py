@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from inspect import Parameter
 from typing import Annotated, Any, Literal
 
+import anyio
 from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -104,7 +105,12 @@ def build_server(engine: PolicyEngine, *, close_ledger: bool = False) -> MCPServ
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
         try:
-            yield
+            async with anyio.create_task_group() as group:
+                # The classifier's examples are embedded (or read from the cache) while the
+                # client connects, not in the first route_task.
+                group.start_soon(engine.reader.warm)
+                yield
+                group.cancel_scope.cancel()
         finally:
             await engine.aclose()
             ledger = engine.store.ledger
