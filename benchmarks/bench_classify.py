@@ -68,7 +68,9 @@ async def sweep(policy: Policy, reader: TaskReader, rows: list[Labelled]) -> Non
     for row in rows:
         proposal = await reader.classifier.classify(row.task)
         decision = route(RouteRequest(task=row.task), policy, None, proposal)
-        seen.append((proposal.confidence or 0.0, (decision.intent or DEFAULT) == (row.intent or DEFAULT)))
+        seen.append(
+            (proposal.confidence or 0.0, (decision.intent or DEFAULT) == (row.intent or DEFAULT))
+        )
     print("threshold  coverage  accuracy of the confident share")
     for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
         kept = [right for conf, right in seen if conf >= threshold]

