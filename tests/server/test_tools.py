@@ -131,7 +131,7 @@ async def test_bad_arguments_are_tool_errors_with_codes(
 
 async def test_huge_inputs_are_refused_not_truncated(sophie_server: MCPServer) -> None:
     async with Client(sophie_server, mode="legacy") as client:
-        big = await call(client, "route_task", {"task": "word " * 20_000, "role": "chat"})
+        big = await call(client, "route_task", {"task": "word " * 40_000, "role": "chat"})
         assert big.structured_content["code"] == "OVER_BUDGET"
         too_big = await call(client, "route_task", {"task": "x" * 8_000_001})
         assert "INVALID_ARGUMENT" in error_text(too_big)

@@ -6,7 +6,7 @@ weighs them by what the worst of o200k, cl100k and Gemma 3 spends on them, fitte
 below any of them on a corpus chunk and as close as one estimate can be
 (``benchmarks/bench_tokens.py`` prints the ratios): per ASCII word 0.5 plus 0.4 /
 ``chars_per_token`` per letter (0.2 at the default 2), 1.3 per digit (Gemma splits every
-digit), 0.6 per punctuation mark, 1.8 per line break, 1.2 per run of indentation, 1.3 per
+digit), 0.8 per punctuation mark, 2.0 per line break, 0.6 per space of indentation, 1.3 per
 CJK character, 0.75 per other non-ASCII letter, 0.7 per UTF-8 byte of other symbols (emoji).
 Every step is a C-speed string operation.
 """
@@ -58,14 +58,14 @@ def estimate_tokens(text: str, settings: TokenEstimate, messages: int = 1) -> in
     digits = len(ascii_text.translate(_KEEP_DIGITS))
     punct = len(ascii_text.translate(_KEEP_PUNCT))
     lines = ascii_text.count("\n")
-    indents = len(_INDENT.findall(ascii_text))
+    indents = sum(len(run) for run in _INDENT.findall(ascii_text))
     total = (
         0.5 * words
         + 0.4 / settings.chars_per_token * letters
         + 1.3 * digits
-        + 0.6 * punct
-        + 1.8 * lines
-        + 1.2 * indents
+        + 0.8 * punct
+        + 2.0 * lines
+        + 0.6 * indents
         + 1.3 * cjk
         + 0.75 * other
         + 0.7 * symbol_bytes
