@@ -160,14 +160,14 @@ def build_reader(
 
 def embedding_cache(env: Mapping[str, str]) -> Path | None:
     """ROLEGATE_CACHE_DIR, else $XDG_CACHE_HOME/rolegate, else ~/.cache/rolegate; 'off'
-    (or no home) keeps nothing on disk."""
+    keeps nothing on disk."""
     given = env.get("ROLEGATE_CACHE_DIR")
     if given == "off":
         return None
     if given:
         return Path(given)
-    base = env.get("XDG_CACHE_HOME") or (str(Path.home() / ".cache") if Path.home() else "")
-    return Path(base) / "rolegate" if base else None
+    base = env.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "rolegate"
 
 
 def make_embedder(

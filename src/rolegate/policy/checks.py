@@ -14,15 +14,11 @@ import re2
 
 from rolegate.errors import PolicyProblem
 from rolegate.policy.patterns import combined_regex, compile_re2
-from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, Model, PolicyDocument
+from rolegate.policy.problems import error as _err
+from rolegate.policy.problems import model_locality
+from rolegate.policy.problems import warning as _warn
+from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, PolicyDocument
 from rolegate.policy.understanding_checks import check_understanding
-
-
-def model_locality(doc: PolicyDocument, model: Model) -> str:
-    provider = doc.providers.get(model.provider)
-    if model.locality is not None:
-        return model.locality
-    return provider.locality if provider is not None else "cloud"
 
 
 def check_document(doc: PolicyDocument) -> list[PolicyProblem]:
@@ -38,14 +34,6 @@ def check_document(doc: PolicyDocument) -> list[PolicyProblem]:
     problems += _check_defaults(doc)
     problems += check_understanding(doc)
     return problems
-
-
-def _err(location: str, message: str) -> PolicyProblem:
-    return PolicyProblem(location, message, "error")
-
-
-def _warn(location: str, message: str) -> PolicyProblem:
-    return PolicyProblem(location, message, "warning")
 
 
 BUILTIN_PROVIDER_TYPES = frozenset({"ollama", "openai"})

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from rolegate.errors import PolicyProblem
-from rolegate.policy.checks import model_locality
 from rolegate.policy.patterns import IntentMatcher, IntentPattern, intent_pattern
 
 # Pattern helpers lived here first; `checks` imports them from this module.
 from rolegate.policy.patterns import combined_regex as combined_regex
 from rolegate.policy.patterns import compile_re2 as compile_re2
 from rolegate.policy.patterns import re2_options as re2_options
+from rolegate.policy.problems import model_locality
 from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument, Stage
 from rolegate.policy.tokenizers import Counters
 

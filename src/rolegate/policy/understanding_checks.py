@@ -6,17 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rolegate.errors import PolicyProblem
+from rolegate.policy.problems import error as _err
+from rolegate.policy.problems import model_locality
+from rolegate.policy.problems import warning as _warn
 from rolegate.policy.schema import Classifier, PolicyDocument
 
 MIN_EXAMPLES = 3
-
-
-def _err(location: str, message: str) -> PolicyProblem:
-    return PolicyProblem(location, message, "error")
-
-
-def _warn(location: str, message: str) -> PolicyProblem:
-    return PolicyProblem(location, message, "warning")
 
 
 def check_understanding(doc: PolicyDocument) -> Iterable[PolicyProblem]:
@@ -87,7 +82,7 @@ def _check_classifier(doc: PolicyDocument, classifier: Classifier) -> Iterable[P
                 f"{at}.embedder_model",
                 f"model {classifier.embedder_model!r} lacks the 'embeddings' capability",
             )
-        elif doc.privacy.local_only and _cloud(doc, classifier.embedder_model):
+        elif doc.privacy.local_only and model_locality(doc, model) == "cloud":
             yield _err(
                 f"{at}.embedder_model",
                 "the policy is local_only and this embedding model is in the cloud: every "
@@ -110,10 +105,3 @@ def _check_classifier(doc: PolicyDocument, classifier: Classifier) -> Iterable[P
             "no defaults.intent: an unsure task gets no intent (the default role, or the "
             "cheapest model that chats)",
         )
-
-
-def _cloud(doc: PolicyDocument, mid: str) -> bool:
-    model = doc.models[mid]
-    provider = doc.providers.get(model.provider)
-    locality = model.locality or (provider.locality if provider is not None else "cloud")
-    return locality == "cloud"

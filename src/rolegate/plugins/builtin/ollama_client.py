@@ -133,6 +133,22 @@ class OllamaClient:
     async def count_tokens(self, model: str, messages: Sequence[Message]) -> TokenCount | None:
         return None
 
+    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors from Ollama's ``/api/embed``."""
+
+        async def attempt() -> list[list[float]]:
+            try:
+                resp = await self._client.embed(model=model, input=list(texts))
+            except ERRORS.handled as exc:
+                raise to_provider_error(
+                    ERRORS, exc, model=model, base_url=self.config.base_url
+                ) from exc
+            return [list(v) for v in resp.embeddings]
+
+        return await with_retries(
+            attempt, model=model, retries=self.config.max_retries, timeout_s=self.config.timeout_s
+        )
+
     async def list_models(self) -> list[str]:
         try:
             listing = await self._client.list()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rolegate.plugins.base import Embedder, ProviderClient
+from rolegate.plugins.base import ProviderClient
 from rolegate.plugins.hookspecs import hookimpl
 from rolegate.policy.schema import Provider
 
@@ -33,27 +33,8 @@ def register_providers(register: Any) -> None:
     register(OllamaProviderType())
 
 
-class OllamaEmbedderType:
-    """Embedding models served by a ``ollama`` provider (see ``embedders``)."""
-
-    name = "ollama"
-    in_process = False
-
-    def create(
-        self,
-        config: Provider | None,
-        *,
-        model: str | None,
-        api_key: str | None,
-        transport: Any = None,
-    ) -> Embedder:
-        from rolegate.plugins.builtin.embedders import OllamaEmbedder
-
-        if config is None or model is None:
-            raise TypeError("a ollama embedder needs its provider and model")
-        return OllamaEmbedder(config, model, api_key, transport)
-
-
 @hookimpl
 def register_embedders(register: Any) -> None:
-    register(OllamaEmbedderType())
+    from rolegate.plugins.builtin.embedders import ServerEmbedderType
+
+    register(ServerEmbedderType(OllamaProviderType()))

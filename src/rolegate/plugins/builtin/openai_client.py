@@ -149,6 +149,24 @@ class OpenAIClient:
         self._can_tokenize = True
         return TokenCount(tokens=len(tokens), exact=True)
 
+    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors from ``/v1/embeddings`` (OpenAI, vLLM, llama.cpp with --embeddings)."""
+
+        async def attempt() -> list[list[float]]:
+            try:
+                resp = await self._client.embeddings.create(
+                    model=model, input=list(texts), encoding_format="float"
+                )
+            except ERRORS.handled as exc:
+                raise to_provider_error(
+                    ERRORS, exc, model=model, base_url=self.config.base_url
+                ) from exc
+            return [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+
+        return await with_retries(
+            attempt, model=model, retries=self.config.max_retries, timeout_s=self.config.timeout_s
+        )
+
     async def list_models(self) -> list[str]:
         try:
             page = await self._client.models.list()

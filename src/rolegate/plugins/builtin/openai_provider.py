@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rolegate.plugins.base import Embedder, ProviderClient
+from rolegate.plugins.base import ProviderClient
 from rolegate.plugins.hookspecs import hookimpl
 from rolegate.policy.schema import Provider
 
@@ -38,27 +38,8 @@ def register_providers(register: Any) -> None:
     register(OpenAIProviderType())
 
 
-class OpenAIEmbedderType:
-    """Embedding models served by a ``openai`` provider (see ``embedders``)."""
-
-    name = "openai"
-    in_process = False
-
-    def create(
-        self,
-        config: Provider | None,
-        *,
-        model: str | None,
-        api_key: str | None,
-        transport: Any = None,
-    ) -> Embedder:
-        from rolegate.plugins.builtin.embedders import OpenAIEmbedder
-
-        if config is None or model is None:
-            raise TypeError("a openai embedder needs its provider and model")
-        return OpenAIEmbedder(config, model, api_key, transport)
-
-
 @hookimpl
 def register_embedders(register: Any) -> None:
-    register(OpenAIEmbedderType())
+    from rolegate.plugins.builtin.embedders import ServerEmbedderType
+
+    register(ServerEmbedderType(OpenAIProviderType()))
