@@ -29,6 +29,53 @@ INTENTS = {
 }  # fmt: skip
 
 
+KINDS = {
+    "general": {"examples": {
+        "greeting": ["hello there", "good morning to you", "hi, how are you"],
+        "translate": ["translate this sentence into French", "say 'thank you' in Japanese",
+                      "how do you say good night in Spanish"],
+    }},
+    "invoice": INTENTS["invoice"],
+}  # fmt: skip
+
+
+def _in_process_policy(intents: dict[str, Any], **classifier: Any) -> Any:
+    doc: dict[str, Any] = {
+        "version": 1,
+        "name": "kinds-test",
+        "providers": {"local": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
+                                "locality": "local"}},
+        "models": {"chat": {"provider": "local", "name": "m", "context_window": 4096,
+                            "reserve_tokens": 512, "capabilities": ["chat"]}},
+        "roles": {"assistant": {"model": "chat"}},
+        "intents": intents,
+        "classifier": {"threshold": 0.0, **classifier},
+        "defaults": {"role": "assistant", "max_output_tokens": 32},
+    }  # fmt: skip
+    return load_policy_text(json.dumps(doc), "json", "<kinds-test>")
+
+
+@pytest.mark.parametrize("method", ["linear", "knn", "centroid"])
+async def test_an_intent_with_kinds_is_one_intent_to_the_router(method: str) -> None:
+    engine = build_engine(_in_process_policy(KINDS, method=method))
+    classifier = engine.reader.classifier
+    assert classifier is not None
+    assert classifier.labels == ["general", "invoice"]
+    for task, intent in {"put 'see you tomorrow' into German": "general",
+                         "hey, good evening!": "general",
+                         "what is the total due on this invoice": "invoice"}.items():  # fmt: skip
+        found = await classifier.classify(task)
+        assert (found.label, found.runner_up) == (
+            intent,
+            "invoice" if intent == "general" else "general",
+        ), (method, task, found)
+        assert found.confidence is not None
+        assert found.runner_up_confidence is not None
+        # The kinds' probabilities add up to their intent's: the two intents share all of it.
+        assert found.confidence + found.runner_up_confidence == pytest.approx(1, abs=1e-3)
+    await engine.aclose()
+
+
 def _policy(base_url: str, model: str, **extra: Any) -> Any:
     doc: dict[str, Any] = {
         "version": 1,
@@ -47,9 +94,16 @@ def _policy(base_url: str, model: str, **extra: Any) -> Any:
     return load_policy_text(json.dumps(doc), "json", "<embed-test>")
 
 
+@pytest.fixture(scope="session")
+def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embeddings")
+
+
 @pytest.fixture(autouse=True)
-def _no_disk_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ROLEGATE_CACHE_DIR", "off")
+def _fresh_disk_cache(monkeypatch: pytest.MonkeyPatch, _shared_cache: Path) -> None:
+    # One cache for this module (not the user's): the default policy's ~1,400 examples
+    # are embedded once, not by every test.
+    monkeypatch.setenv("ROLEGATE_CACHE_DIR", str(_shared_cache))
 
 
 async def test_the_default_policy_classifies_with_the_packaged_embedder() -> None:
@@ -79,12 +133,13 @@ async def test_the_examples_vectors_are_cached_on_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ROLEGATE_CACHE_DIR", str(tmp_path))
-    engine = build_engine(load_default_policy())
+    policy = _in_process_policy(KINDS)
+    engine = build_engine(policy)
     assert engine.reader.classifier is not None
     await engine.reader.warm()
     files = list(tmp_path.glob("examples-*.npy"))
     assert len(files) == 1
-    again = build_engine(load_default_policy())
+    again = build_engine(policy)
     assert again.reader.classifier is not None
     assert again.reader.classifier._load_cached() is not None
     await again.reader.warm()

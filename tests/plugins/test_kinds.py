@@ -100,19 +100,20 @@ def test_kind_is_validated_like_other_names(tmp_path: Path) -> None:
     assert any(p.location == "roles.parrot.kind" for p in info.value.problems)
 
 
-# Hashes printed by `rolegate check` (re-pinned when the policies gained intent examples):
+# Hashes printed by `rolegate check` (re-pinned when the policies gained intent examples,
+# and when their examples grew into kinds and their keywords were cut to precise ones):
 # an optional field that is absent must not change the hash of any policy written before it
 # existed (tests/policy/test_intents.py checks the fields added since).
 HASHES_BEFORE_KIND = {
-    "000-mac-mini-lanes.yaml": "3ef593268119e04ffa2483b996f63d506761345abe931a7a86c56dd567fa47a4",
-    "001-codex-rs-roles.yaml": "d0222045650624b74e4dc75124a047c9442c1fdb3bd5e98194724874d73f3fa3",
-    "002-three-role-stack.yaml": "7059aa9995f9ade741f59930500d5a8fde4170cd493eaed28f1e009e0dcb2adb",
-    "003-sophie-context.yaml": "8185e629a14b4a486f5c3498126ec2ef0caa4aa7e123cbcf75522550540f951b",
+    "000-mac-mini-lanes.yaml": "da7ec3d3daf362215c765743183bc84d4a2073efaa828d7585e4130ce00e58c6",
+    "001-codex-rs-roles.yaml": "67b4c1a9d8baaf740b2c1791f0c87e10977dc356dcfb81d8f6703a8ba54d85ce",
+    "002-three-role-stack.yaml": "96ac48a24c236d8a4a75ee905309be0655357f420af2b7d17eab4dca0ad5ff43",
+    "003-sophie-context.yaml": "d5a1123d5a8cb397f2f5026221466f54e8d3c8fc58b73ab831882254096a9201",
     "004-orchestrator-tiers.yaml": (
-        "9a65a2fbc459f9776a3d919a012989dfc4ce4a7c458afe9b807c434fb7706ffd"
+        "d8e15ad3f0561ae1d9afe4a1909219a6060bec6652961b8f1fa5f52b51f3cfcc"
     ),
 }
-DEFAULT_POLICY_HASH = "dd1603af5baac6523ba5e8fe00ecfc3f00f6b19a3cfc168022ef364c169c8c0d"
+DEFAULT_POLICY_HASH = "1fcc07c0c035257cb577a2daaa5231582b2b27a990873c21baf275135a536d40"
 
 
 @pytest.mark.parametrize("name", sorted(HASHES_BEFORE_KIND))

@@ -176,3 +176,45 @@ def test_checks_refuse_a_classifier_that_cannot_work(change: Any, message: str) 
     with pytest.raises(PolicyInvalidError) as caught:
         load_policy_text(json.dumps(doc), "json", "<test>")
     assert message in str(caught.value.problems)
+
+
+def _kinds_doc(chat_examples: Any) -> dict[str, Any]:
+    doc = json.loads(json.dumps(BASE))
+    for name, texts in EXAMPLES.items():
+        doc["intents"][name]["examples"] = texts
+    doc["intents"]["chat"]["examples"] = chat_examples
+    return doc
+
+
+def test_an_intent_can_group_its_examples_by_kind() -> None:
+    translate = ["say it in French", "en español", "translate to German please"]
+    kinds = {"smalltalk": EXAMPLES["chat"], "translate": translate}
+    loaded = load_policy_text(json.dumps(_kinds_doc(kinds)), "json", "<test>")
+    chat = loaded.doc.intents["chat"]
+    assert [kind for kind, _ in chat.example_groups()] == ["smalltalk", "translate"]
+    assert chat.example_texts() == (*EXAMPLES["chat"], *translate)
+    # The plain list form hashes as before: kinds are a new shape, not a new field.
+    flat = load_policy_text(json.dumps(_kinds_doc(EXAMPLES["chat"])), "json", "<test>")
+    assert flat.doc.intents["chat"].example_groups() == ((None, tuple(EXAMPLES["chat"])),)
+    assert json.loads(flat.canonical_json)["intents"]["chat"]["examples"] == EXAMPLES["chat"]
+
+
+@pytest.mark.parametrize(
+    ("chat_examples", "where", "message"),
+    [
+        ({"smalltalk": EXAMPLES["chat"], "translate": ["en français"]},
+         "intents.chat.examples.translate", "give at least 3"),
+        ({"smalltalk": EXAMPLES["chat"], "empty": []}, "intents.chat.examples.empty",
+         "give at least 3"),
+        ({"a": [f"example {i}" for i in range(600)], "b": [f"other {i}" for i in range(401)]},
+         "intents.chat.examples", "1001 examples; at most 1000 per intent"),
+        ({"smalltalk": EXAMPLES["chat"], "again": ["fix this null pointer", "x y", "y z"]},
+         "intents.chat.examples", "also an example of intent 'code'"),
+    ],
+)  # fmt: skip
+def test_kinds_are_checked_one_by_one(chat_examples: Any, where: str, message: str) -> None:
+    with pytest.raises(PolicyInvalidError) as caught:
+        load_policy_text(json.dumps(_kinds_doc(chat_examples)), "json", "<test>")
+    assert any(p.location == where and message in p.message for p in caught.value.problems), (
+        caught.value.problems
+    )

@@ -96,10 +96,10 @@ def test_seed001_local_only_refuses_cloud_judge_role(codex_rs: Policy) -> None:
 
 
 def test_seed001_high_risk_needs_cloud_judge(codex_rs: Policy) -> None:
-    d = route(RouteRequest(task="implement the auth change", risk="high"), codex_rs)
+    d = route(RouteRequest(task="refactor the auth change", risk="high"), codex_rs)
     assert (d.code, d.model, d.judge_required) == (Code.ROUTED, "qwen-coder-32b", "auditor")
     refused = route(
-        RouteRequest(task="implement the auth change", risk="high", job="private-spec"), codex_rs
+        RouteRequest(task="refactor the auth change", risk="high", job="private-spec"), codex_rs
     )
     assert (refused.code, refused.judge_required) == (Code.CLOUD_JUDGE_REQUIRED, "auditor")
 
@@ -124,7 +124,7 @@ def test_seed001_budget_exhausted_names_the_scope(codex_rs: Policy) -> None:
 def test_seed002_local_only_stack_routes_by_intent(three_role: Policy) -> None:
     cases = {
         "refactor the parser function": ("coding", "qwen3-coder-30b"),
-        "analyze the cpu trend": ("reasoning", "deepseek-r1-14b"),
+        "find the root cause of the cpu trend": ("reasoning", "deepseek-r1-14b"),
         "summarize the meeting": ("summarization", "qwen3-1.7b-summarizer"),
         "hello": ("router", "qwen3-4b-router"),
     }
@@ -137,7 +137,7 @@ def test_seed002_local_only_stack_routes_by_intent(three_role: Policy) -> None:
 
 def test_seed004_tiers_and_front_door(orchestrator: Policy) -> None:
     assert route(RouteRequest(task="what's up"), orchestrator).model == "qwen3-coder-30b-a3b"
-    d = route(RouteRequest(task="ingest this transcript", context_tokens=200_000), orchestrator)
+    d = route(RouteRequest(task="read the whole book", context_tokens=200_000), orchestrator)
     assert (d.code, d.role, d.model) == (Code.ROUTED, "ingest", "qwen3-next-80b-a3b")
     d = route(RouteRequest(task="explain", context_tokens=100_000), orchestrator)
     assert d.code == Code.OVER_BUDGET
@@ -148,7 +148,7 @@ def test_free_selection_prefers_cheapest_and_reports_rejections(mac_mini: Policy
     d = route(RouteRequest(task="x", role=None, needs=("reasoning",)), mac_mini)
     # local_fast is the default role but `needs` holds it to reasoning: qwen2.5-3b lacks it.
     assert d.code == Code.NO_SUFFICIENT_MODEL
-    d = route(RouteRequest(task="analyze this", needs=("reasoning",)), mac_mini)
+    d = route(RouteRequest(task="find the root cause", needs=("reasoning",)), mac_mini)
     assert d.model == "qwen2.5-7b"
 
 

@@ -1,12 +1,14 @@
 """The intent classifier: a task's similarity to each intent's examples.
 
 The examples are embedded once (in batches, when the first task needs them) and
-L2-normalised; a task is embedded, normalised and compared by dot product (cosine). Each
-intent scores either its nearest examples' mean similarity (``knn``: the mean of its
-``K_NEAREST`` best, robust to one odd example) or its examples' mean vector's similarity
-(``centroid``). A softmax over the intent scores gives the confidence; the threshold
-decides whether the classifier is sure. Which method and temperature: by measurement on the
-labelled set (``benchmarks/bench_classify.py``).
+L2-normalised; a task is embedded and normalised. ``linear`` (the default) is a softmax
+regression trained on the examples' vectors when they are embedded: its probabilities are
+the confidence. ``knn`` scores each intent by the mean cosine of its ``K_NEAREST`` nearest
+examples (robust to one odd example), ``centroid`` by the cosine of each kind's mean
+(softmax). Where an intent's examples come in kinds, the linear model and the centroids
+learn each kind and the intent gets the sum of its kinds' probabilities. The threshold
+decides whether the classifier is sure. Methods, temperature and regularisation were
+chosen by measurement on the labelled set (``benchmarks/bench_classify.py``).
 
 The answer is cached by the task's hash (the classifier belongs to one policy, so the
 policy hash is part of every key), so a repeated task costs a dict lookup.
@@ -37,6 +39,15 @@ log = get_logger()
 
 K_NEAREST = 3
 TEMPERATURE = 0.01  # cosine gaps between e5 intents are a few hundredths (bench_classify.py)
+# Softmax regression with intents weighted equally: inputs scaled by LINEAR_SCALE (cosines
+# are small), L2 penalty LINEAR_L2, Nesterov-accelerated full-batch descent from zero:
+# deterministic, converged in LINEAR_STEPS (~0.1 s for 800 examples; the loss moves < 0.1%
+# after it). Scale and penalty: by measurement (bench_classify.py, 5 folds).
+LINEAR_SCALE = 10.0
+LINEAR_L2 = 1e-3
+LINEAR_STEPS = 500
+LINEAR_RATE = 0.5
+LINEAR_MOMENTUM = 0.9
 CACHE_SIZE = 8192
 BATCH = 32
 
@@ -52,21 +63,27 @@ class IntentClassifier:
 
     def __init__(
         self,
-        examples: Sequence[tuple[str, Sequence[str]]],
+        examples: Sequence[tuple[str, str | None, Sequence[str]]],
         embedder: Embedder,
         settings: Classifier,
         cache_dir: Path | None = None,
     ) -> None:
+        # ``examples``: (intent, kind, texts) groups; an intent may have several kinds. The
+        # linear model and the centroids learn each kind, and an intent's probability is the
+        # sum of its kinds' (an intent covering chat and translation is not one blurred mean).
         # The examples' vectors are kept in cache_dir (one file per embedder and example
         # set), so a restart does not embed them again: seconds for a few hundred examples.
         self.cache_dir = cache_dir
-        self.labels = [label for label, texts in examples if texts]
-        self._texts = [(label, list(texts)) for label, texts in examples if texts]
+        self._texts = [(label, kind, list(texts)) for label, kind, texts in examples if texts]
+        self.labels = list(dict.fromkeys(label for label, _, _ in self._texts))
+        self._group_label: Any = None  # label index of each group
         self.embedder = embedder
         self.settings = settings
         self._matrix: Any = None  # examples x dims, normalised
         self._owner: Any = None  # label index of each example row
-        self._centroids: Any = None
+        self._group: Any = None  # group index of each example row
+        self._centroids: Any = None  # one per group
+        self._weights: Any = None  # (dims + 1) x groups, linear method only
         self._lock = anyio.Lock()
         self._cache: OrderedDict[bytes, Classification] = OrderedDict()
 
@@ -78,29 +95,36 @@ class IntentClassifier:
             if self._matrix is not None:
                 return
             np = _np()
-            owner = np.asarray([i for i, (_, texts) in enumerate(self._texts) for _ in texts])
+            group_label = np.asarray([self.labels.index(label) for label, _, _ in self._texts])
+            group = np.asarray([g for g, (_, _, texts) in enumerate(self._texts) for _ in texts])
             matrix = await anyio.to_thread.run_sync(self._load_cached)
-            if matrix is None or len(matrix) != len(owner):
+            if matrix is None or len(matrix) != len(group):
                 rows: list[Any] = []
-                for _, texts in self._texts:
+                for _, _, texts in self._texts:
                     for start in range(0, len(texts), BATCH):
                         batch = texts[start : start + BATCH]
                         rows.append(_normalised(np, await self.embedder.embed(batch)))
                 matrix = np.vstack(rows)
                 await anyio.to_thread.run_sync(self._store_cached, matrix)
             centroids = np.vstack(
-                [matrix[owner == i].mean(axis=0) for i in range(len(self.labels))]
+                [matrix[group == g].mean(axis=0) for g in range(len(self._texts))]
             )
             self._centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
-            self._owner = owner
+            if self.settings.method == "linear":
+                self._weights = await anyio.to_thread.run_sync(
+                    _train_linear, matrix, group, len(self._texts)
+                )
+            self._group_label = group_label
+            self._group = group
+            self._owner = group_label[group]
             self._matrix = matrix
 
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None:
             return None
         digest = hashlib.sha256(self.embedder.id.encode())
-        for label, texts in self._texts:
-            digest.update(json.dumps([label, texts]).encode())
+        for label, kind, texts in self._texts:
+            digest.update(json.dumps([label, kind, texts]).encode())
         return self.cache_dir / f"examples-{digest.hexdigest()[:32]}.npy"
 
     def _load_cached(self) -> Any:
@@ -140,28 +164,29 @@ class IntentClassifier:
         await self.prepare()
         np = _np()
         vector = _normalised(np, await self.embedder.embed([encodable(task)]))[0]
-        result = self.judge(self.scores(vector))
+        result = self.judge(self.probabilities(vector))
         self._cache[_key(task)] = result
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return result
 
-    def scores(self, vector: Any) -> Any:
-        """One similarity score per label for a normalised task vector."""
+    def probabilities(self, vector: Any) -> Any:
+        """One probability per label for a normalised task vector."""
         np = _np()
-        if self.settings.method == "centroid":
-            return self._centroids @ vector
-        sims = self._matrix @ vector
-        out = np.empty(len(self.labels))
-        for i in range(len(self.labels)):
-            mine = np.sort(sims[self._owner == i])
-            out[i] = mine[-K_NEAREST:].mean()
-        return out
+        if self.settings.method == "knn":
+            sims = self._matrix @ vector
+            scores = np.empty(len(self.labels))
+            for i in range(len(self.labels)):
+                scores[i] = np.sort(sims[self._owner == i])[-K_NEAREST:].mean()
+            return _softmax(np, scores / TEMPERATURE)
+        if self.settings.method == "linear":
+            by_group = _softmax(np, LINEAR_SCALE * vector @ self._weights[:-1] + self._weights[-1])
+        else:
+            by_group = _softmax(np, (self._centroids @ vector) / TEMPERATURE)
+        return np.bincount(self._group_label, weights=by_group, minlength=len(self.labels))
 
-    def judge(self, scores: Any) -> Classification:
+    def judge(self, probs: Any) -> Classification:
         np = _np()
-        weights = np.exp((scores - scores.max()) / TEMPERATURE)
-        probs = weights / weights.sum()
         order = np.argsort(-probs)
         top = int(order[0])
         second = int(order[1]) if len(order) > 1 else None
@@ -188,3 +213,32 @@ def _normalised(np: Any, vectors: Sequence[Sequence[float]]) -> Any:
     if not np.all(norms > 0):
         raise ProviderError("the embedder returned a zero vector", code=Code.BAD_RESPONSE)
     return matrix / norms
+
+
+def _softmax(np: Any, logits: Any) -> Any:
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def _train_linear(matrix: Any, owner: Any, labels: int) -> Any:
+    """Weights (with the bias as the last row) of an L2-penalised softmax regression."""
+    np = _np()
+    inputs = np.hstack([LINEAR_SCALE * matrix, np.ones((len(matrix), 1), np.float32)])
+    inputs = inputs.astype(np.float32)
+    targets = np.eye(labels, dtype=np.float32)[owner]
+    # Each intent weighs the same whatever its number of examples, so a long list of
+    # examples does not become a prior for its intent.
+    counts = np.bincount(owner, minlength=labels).astype(np.float32)
+    balance = (len(owner) / (labels * counts[owner]))[:, None].astype(np.float32)
+    penalty = np.ones((inputs.shape[1], 1), np.float32)
+    penalty[-1] = 0.0  # the bias is not penalised
+    weights = np.zeros((inputs.shape[1], labels), np.float32)
+    velocity = np.zeros_like(weights)
+    for _ in range(LINEAR_STEPS):
+        ahead = weights + LINEAR_MOMENTUM * velocity
+        errors = (_softmax(np, inputs @ ahead) - targets) * balance
+        gradient = inputs.T @ errors / len(inputs)
+        gradient += LINEAR_L2 * penalty * ahead
+        velocity = LINEAR_MOMENTUM * velocity - LINEAR_RATE * gradient
+        weights = weights + velocity
+    return weights

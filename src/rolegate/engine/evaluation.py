@@ -33,6 +33,7 @@ class Labelled:
 class Report:
     total: int = 0
     correct: int = 0
+    first_choice_correct: int = 0  # the classifier's best label, sure or not
     by_method: Counter[str] = field(default_factory=Counter)
     confident: int = 0
     confident_correct: int = 0
@@ -40,10 +41,13 @@ class Report:
     confusion: Counter[tuple[str, str]] = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
 
-    def add(self, expected: str, got: str, method: str, confident: bool, ms: float) -> None:
+    def add(
+        self, expected: str, got: str, best: str, method: str, confident: bool, ms: float
+    ) -> None:
         right = expected == got
         self.total += 1
         self.correct += right
+        self.first_choice_correct += expected == best
         self.by_method[method] += 1
         if confident:
             self.confident += 1
@@ -59,6 +63,7 @@ class Report:
         return {
             "tasks": self.total,
             "accuracy": _share(self.correct, self.total),
+            "first_choice_accuracy": _share(self.first_choice_correct, self.total),
             "confident_coverage": _share(self.confident, self.total),
             "confident_accuracy": _share(self.confident_correct, self.confident),
             "by_method": dict(self.by_method),
@@ -95,8 +100,11 @@ def load_labelled(path: Path, policy: Policy) -> list[Labelled]:
     return rows
 
 
-async def evaluate(policy: Policy, reader: TaskReader, rows: Iterable[Labelled]) -> Report:
-    report = Report()
+async def evaluate(
+    policy: Policy, reader: TaskReader, rows: Iterable[Labelled], report: Report | None = None
+) -> Report:
+    """Read and route every row; adds to ``report`` when given (folds of one measurement)."""
+    report = report if report is not None else Report()
     for row in rows:
         request = RouteRequest(task=row.task)
         started = time.perf_counter()
@@ -108,14 +116,17 @@ async def evaluate(policy: Policy, reader: TaskReader, rows: Iterable[Labelled])
         confident = method in ("keywords", "size") or bool(
             method == "embedding" and how is not None and how.confident
         )
-        report.add(row.intent or DEFAULT, decision.intent or DEFAULT, method, confident, ms)
+        got = decision.intent or DEFAULT
+        best = how.label if how is not None and method == "embedding" and how.label else got
+        report.add(row.intent or DEFAULT, got, best, method, confident, ms)
     return report
 
 
 def render(report: Report) -> str:
     data = report.as_dict()
     lines = [
-        f"tasks {data['tasks']}: accuracy {data['accuracy']:.1%}; confident share "
+        f"tasks {data['tasks']}: accuracy {data['accuracy']:.1%} (the classifier's first "
+        f"choice, sure or not: {data['first_choice_accuracy']:.1%}); confident share "
         f"{data['confident_coverage']:.1%} of tasks at {data['confident_accuracy']:.1%} accuracy",
         f"found by: {', '.join(f'{k} {v}' for k, v in sorted(report.by_method.items()))}",
         f"reading latency: p50 {data['read_ms_p50']} ms, p95 {data['read_ms_p95']} ms",

@@ -102,7 +102,7 @@ class TaskReader:
         intents = self.policy.doc.intents
         labels = sorted(intents)
         listing = "\n".join(
-            f"- {name}: {intents[name].description or ', '.join(intents[name].examples[:3])}"
+            f"- {name}: {intents[name].description or ', '.join(intents[name].example_texts()[:3])}"
             for name in labels
         )
         limits = await resolve_constraints(
@@ -152,7 +152,9 @@ def build_reader(
     if not has_classifier(policy):
         return TaskReader(policy, None, calls)
     embedder = make_embedder(policy, registry, env, transports)
-    examples = [(i.name, i.intent.examples) for i in policy.intents]
+    examples = [
+        (i.name, kind, texts) for i in policy.intents for kind, texts in i.intent.example_groups()
+    ]
     settings = classifier_settings(policy)
     classifier = IntentClassifier(examples, embedder, settings, cache_dir=embedding_cache(env))
     return TaskReader(policy, classifier, calls)

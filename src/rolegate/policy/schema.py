@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -20,6 +20,8 @@ def _decimal_text(value: Decimal) -> str:
 Money = Annotated[Decimal, Field(ge=0), PlainSerializer(_decimal_text, return_type=str)]
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$", max_length=128)]
+Example = Annotated[str, Field(min_length=1, max_length=2000)]
+MAX_EXAMPLES = 1000
 Locality = Literal["local", "cloud"]
 API_KEY_ENV_PATTERN = r"^[A-Z_][A-Z0-9_]{0,63}$"
 """An environment variable name in upper snake case, at most 64 characters."""
@@ -264,11 +266,13 @@ class Intent(Strict):
         "and British spellings) or RE2 regexes. A match decides the intent before the "
         "classifier is asked.",
     )
-    examples: tuple[Annotated[str, Field(min_length=1, max_length=2000)], ...] = Field(
+    examples: tuple[Example, ...] | dict[Name, tuple[Example, ...]] = Field(
         default=(),
-        max_length=500,
-        description="Utterances of this intent. When any intent has examples, tasks that no "
-        "keyword decides are classified by similarity to them (see 'classifier').",
+        description="Utterances of this intent: a list, or a mapping from kinds of work to "
+        "lists when the intent covers several (e.g. general: {chat: [...], writing: [...]}),"
+        " so the classifier learns each kind instead of one blurred mean. When any intent "
+        f"has examples, tasks that no keyword decides are classified by similarity to them "
+        f"(see 'classifier'). At most {MAX_EXAMPLES} per intent.",
         exclude_if=_unset,
     )
     min_input_tokens: int | None = Field(
@@ -281,6 +285,25 @@ class Intent(Strict):
     requires: tuple[Name, ...] = ()
     role: Name | None = Field(default=None, description="Route this intent to a fixed role.")
     priority: int = Field(default=100, description="When several intents match, lower wins.")
+
+    @field_validator("examples")
+    @classmethod
+    def _at_most(
+        cls, value: tuple[str, ...] | dict[str, tuple[str, ...]]
+    ) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+        count = sum(map(len, value.values())) if isinstance(value, dict) else len(value)
+        if count > MAX_EXAMPLES:
+            raise ValueError(f"{count} examples; at most {MAX_EXAMPLES} per intent")
+        return value
+
+    def example_groups(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """(kind, examples) pairs: one unnamed group for a plain list."""
+        if isinstance(self.examples, dict):
+            return tuple((kind, texts) for kind, texts in self.examples.items() if texts)
+        return ((None, self.examples),) if self.examples else ()
+
+    def example_texts(self) -> tuple[str, ...]:
+        return tuple(text for _, texts in self.example_groups() for text in texts)
 
 
 class Classifier(Strict):
@@ -297,10 +320,11 @@ class Classifier(Strict):
         description="A policy model with the 'embeddings' capability, served by its provider "
         "(/v1/embeddings on OpenAI-compatible servers, /api/embed on Ollama).",
     )
-    method: Literal["centroid", "knn"] = Field(
-        default="knn",
-        description="'knn': the examples nearest the task vote; 'centroid': the nearest "
-        "intent mean.",
+    method: Literal["linear", "knn", "centroid"] = Field(
+        default="linear",
+        description="'linear': a softmax regression trained on the examples (most accurate "
+        "once intents have a few dozen examples); 'knn': the examples nearest the task "
+        "vote; 'centroid': the nearest intent mean.",
     )
     threshold: float = Field(
         default=0.5,

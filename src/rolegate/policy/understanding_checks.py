@@ -35,24 +35,35 @@ def _check_examples(doc: PolicyDocument) -> Iterable[PolicyProblem]:
             yield _warn("classifier", "no intent has examples, so the classifier never runs")
         return
     for iid, intent in doc.intents.items():
-        count = len(intent.examples)
-        if 0 < count < MIN_EXAMPLES:
-            yield _err(
-                f"intents.{iid}.examples",
-                f"{count} example(s); give at least {MIN_EXAMPLES}, or none (an intent without "
-                "examples is reached by its keywords, its size or as the default only)",
-            )
+        for kind, texts in _groups(intent.examples):
+            where = f"intents.{iid}.examples" + (f".{kind}" if kind else "")
+            if len(texts) < MIN_EXAMPLES:
+                yield _err(
+                    where,
+                    f"{len(texts)} example(s); give at least {MIN_EXAMPLES}, or none (an intent "
+                    "without examples is reached by its keywords, its size or as the default "
+                    "only)",
+                )
         seen: dict[str, str] = {}
         for other, other_intent in doc.intents.items():
             if other != iid:
-                seen.update({e.casefold(): other for e in other_intent.examples})
-        for example in intent.examples:
+                seen.update({e.casefold(): other for e in other_intent.example_texts()})
+        for example in intent.example_texts():
             clash = seen.get(example.casefold())
             if clash is not None and iid < clash:
                 yield _err(
                     f"intents.{iid}.examples",
                     f"the example {example[:60]!r} is also an example of intent {clash!r}",
                 )
+
+
+def _groups(
+    examples: tuple[str, ...] | dict[str, tuple[str, ...]],
+) -> list[tuple[str | None, tuple[str, ...]]]:
+    # Unlike Intent.example_groups, empty kinds are kept: they are mistakes to report.
+    if isinstance(examples, dict):
+        return list(examples.items())
+    return [(None, examples)] if examples else []
 
 
 def _check_sizes(doc: PolicyDocument) -> Iterable[PolicyProblem]:
