@@ -21,6 +21,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,22 +120,31 @@ class IntentClassifier:
             self._owner = group_label[group]
             self._matrix = matrix
 
-    def _cache_file(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
+    def cache_name(self) -> str:
+        """The file name of these examples' vectors: one per embedder and example set."""
         digest = hashlib.sha256(self.embedder.id.encode())
         for label, kind, texts in self._texts:
             digest.update(json.dumps([label, kind, texts]).encode())
-        return self.cache_dir / f"examples-{digest.hexdigest()[:32]}.npy"
+        return f"examples-{digest.hexdigest()[:32]}.npy"
+
+    def _cache_file(self) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / self.cache_name()
 
     def _load_cached(self) -> Any:
-        path = self._cache_file()
-        if path is None or not path.exists():
-            return None
-        try:
-            return _np().load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # unreadable or half-written: embed again
+        # The user's cache first, then the vectors shipped in the package for the embedded
+        # default policy (so its first task does not wait ~30 s for ~1,400 examples).
+        np = _np()
+        shipped = resources.files("rolegate.engine").joinpath("shipped", self.cache_name())
+        for place in (self._cache_file(), shipped):
+            if place is None or not place.is_file():
+                continue
+            try:
+                with place.open("rb") as data:
+                    matrix = np.load(data, allow_pickle=False).astype(np.float32)
+            except (OSError, ValueError):
+                continue  # unreadable or half-written: embed again
+            return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        return None
 
     def _store_cached(self, matrix: Any) -> None:
         path = self._cache_file()
