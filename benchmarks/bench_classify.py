@@ -137,22 +137,23 @@ def print_sweep(seen: list[tuple[float, bool]]) -> None:
 
 
 async def speed(policy: Policy, reader: TaskReader, rows: list[Labelled]) -> None:
+    # Every third task: the set is ordered by source, and its first rows are long prompts.
     assert reader.classifier is not None
     classifier = reader.classifier
     fresh = []
-    for row in rows[:200]:
+    for row in rows[::3]:
         task = row.task + " (v2)"  # not cached yet
         started = time.perf_counter()
         await classifier.classify(task)
         fresh.append((time.perf_counter() - started) * 1000)
     cached = []
-    for row in rows[:200]:
+    for row in rows[::3]:
         task = row.task + " (v2)"
         started = time.perf_counter()
         proposal = await reader.read(RouteRequest(task=task))
         cached.append((time.perf_counter() - started) * 1e6)
     routes = []
-    for row in rows[:200]:
+    for row in rows[::3]:
         request = RouteRequest(task=row.task + " (v2)")
         proposal = classifier.cached(request.task)
         started = time.perf_counter()
