@@ -26,9 +26,8 @@ async def main() -> None:
     assert classifier is not None
     for stale in SHIPPED.glob("examples-*.npy"):
         stale.unlink()
-    rows = []
-    for _, _, texts in classifier._texts:
-        rows.extend(await classifier.embedder.embed(texts))
+    # Embedded here, not by prepare(): prepare() would load the file being replaced.
+    rows = await classifier.embedder.embed(classifier.example_texts())
     matrix = numpy.asarray(rows, dtype=numpy.float32)
     matrix /= numpy.linalg.norm(matrix, axis=1, keepdims=True)
     target = SHIPPED / classifier.cache_name()

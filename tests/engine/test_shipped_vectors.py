@@ -39,7 +39,7 @@ async def test_the_shipped_vectors_match_the_default_policy() -> None:
     count = sum(len(i.intent.example_texts()) for i in load_default_policy().intents)
     assert matrix.shape == (count, 384)
     # And they are the embedder's vectors (float16 in the package): spot-check a few rows.
-    texts = [t for _, _, group in classifier._texts for t in group]
+    texts = classifier.example_texts()
     picks = [0, 1, len(texts) // 2, len(texts) - 1]
     fresh = numpy.asarray(await real.embed([texts[i] for i in picks]), dtype=numpy.float32)
     fresh /= numpy.linalg.norm(fresh, axis=1, keepdims=True)

@@ -120,6 +120,10 @@ class IntentClassifier:
             self._owner = group_label[group]
             self._matrix = matrix
 
+    def example_texts(self) -> list[str]:
+        """Every example, in the order of the vectors' rows."""
+        return [text for _, _, texts in self._texts for text in texts]
+
     def cache_name(self) -> str:
         """The file name of these examples' vectors: one per embedder and example set."""
         digest = hashlib.sha256(self.embedder.id.encode())

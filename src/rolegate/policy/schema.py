@@ -297,9 +297,10 @@ class Intent(Strict):
         return value
 
     def example_groups(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
-        """(kind, examples) pairs: one unnamed group for a plain list."""
+        """(kind, examples) pairs: one unnamed group for a plain list (an empty kind is
+        kept, for the checks to report)."""
         if isinstance(self.examples, dict):
-            return tuple((kind, texts) for kind, texts in self.examples.items() if texts)
+            return tuple(self.examples.items())
         return ((None, self.examples),) if self.examples else ()
 
     def example_texts(self) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ def _check_examples(doc: PolicyDocument) -> Iterable[PolicyProblem]:
             yield _warn("classifier", "no intent has examples, so the classifier never runs")
         return
     for iid, intent in doc.intents.items():
-        for kind, texts in _groups(intent.examples):
+        for kind, texts in intent.example_groups():
             where = f"intents.{iid}.examples" + (f".{kind}" if kind else "")
             if len(texts) < MIN_EXAMPLES:
                 yield _err(
@@ -55,15 +55,6 @@ def _check_examples(doc: PolicyDocument) -> Iterable[PolicyProblem]:
                     f"intents.{iid}.examples",
                     f"the example {example[:60]!r} is also an example of intent {clash!r}",
                 )
-
-
-def _groups(
-    examples: tuple[str, ...] | dict[str, tuple[str, ...]],
-) -> list[tuple[str | None, tuple[str, ...]]]:
-    # Unlike Intent.example_groups, empty kinds are kept: they are mistakes to report.
-    if isinstance(examples, dict):
-        return list(examples.items())
-    return [(None, examples)] if examples else []
 
 
 def _check_sizes(doc: PolicyDocument) -> Iterable[PolicyProblem]:
