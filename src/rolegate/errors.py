@@ -9,9 +9,11 @@
     │                             UNKNOWN_CHANNEL, INVALID_ARGUMENT, ...
     ├── RefusedError              the policy refuses the call (OVER_BUDGET, LOCAL_ONLY_VIOLATION,
     │                             NOT_ALLOWLISTED, BUDGET_EXHAUSTED, NEEDS_CONSENT,
-    │                             CONSENSUS_FORBIDDEN, CRITIC_NOT_ALLOWED, FALLBACK_FORBIDDEN, ...)
+    │                             CONSENSUS_FORBIDDEN, CRITIC_NOT_ALLOWED, FALLBACK_FORBIDDEN,
+    │                             MODEL_COLD, MEMORY_EXCEEDED, ...)
     ├── ProviderError             the model server failed: PROVIDER_UNAVAILABLE,
-    │                             PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE
+    │                             PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE, and its
+    │                             load on demand: LOAD_TIMEOUT, LOAD_FAILED
     ├── LedgerError               the budget ledger cannot be used (BUDGET_UNAVAILABLE)
     └── PluginError               a plugin failed to load, or two claim one name (PLUGIN_ERROR)
 
@@ -61,6 +63,10 @@ class Code(StrEnum):
     PROVIDER_ERROR = "PROVIDER_ERROR"
     BAD_RESPONSE = "BAD_RESPONSE"
     CONTRACT_VIOLATION = "CONTRACT_VIOLATION"
+    MODEL_COLD = "MODEL_COLD"
+    MEMORY_EXCEEDED = "MEMORY_EXCEEDED"
+    LOAD_TIMEOUT = "LOAD_TIMEOUT"
+    LOAD_FAILED = "LOAD_FAILED"
     PLUGIN_ERROR = "PLUGIN_ERROR"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

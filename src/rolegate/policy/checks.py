@@ -18,6 +18,7 @@ from rolegate.policy.problems import error as _err
 from rolegate.policy.problems import model_locality
 from rolegate.policy.problems import warning as _warn
 from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, PolicyDocument
+from rolegate.policy.topology_checks import check_topology
 from rolegate.policy.understanding_checks import check_understanding
 
 
@@ -33,6 +34,7 @@ def check_document(doc: PolicyDocument) -> list[PolicyProblem]:
     problems += _check_pipeline_and_risk(doc)
     problems += _check_defaults(doc)
     problems += check_understanding(doc)
+    problems += check_topology(doc)
     return problems
 
 

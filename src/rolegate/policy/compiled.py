@@ -20,6 +20,7 @@ from rolegate.policy.patterns import re2_options as re2_options
 from rolegate.policy.problems import model_locality
 from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument, Stage
 from rolegate.policy.tokenizers import Counters
+from rolegate.policy.topology_checks import managed
 
 _TIER_ORDER = {"hot": 0, "warm": 1, "cold": 2}
 
@@ -168,7 +169,10 @@ class Policy:
         # Declared pipeline stages by name (names are unique: checked at load).
         self.stages: dict[str, Stage] = {stage.name: stage for stage in doc.pipeline.stages}
         # Tokenizers by name, loaded on first use; 'file:' paths are relative to the policy.
-        self.counters = Counters(doc.token_estimate, _base_dir(source))
+        # Models whose residency is tracked (a server rolegate starts, or Ollama's).
+        self.managed = frozenset(m for m in doc.models if managed(doc, m))
+        self.base_dir = _base_dir(source)  # where relative paths in the policy start
+        self.counters = Counters(doc.token_estimate, self.base_dir)
 
     @property
     def name(self) -> str:

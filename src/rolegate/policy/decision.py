@@ -90,6 +90,15 @@ class TokenCount(OutputModel):
     reserve_tokens: int | None
 
 
+class Residence(OutputModel):
+    """Whether the chosen model is loaded (policies with 'residency')."""
+
+    tier: str
+    resident: bool = Field(description="Loaded when the decision was made.")
+    load_needed: bool = Field(description="A call will load it first (WARM, not resident).")
+    memory_gb: float | None = None
+
+
 ClassifyMethod = Literal["caller", "size", "keywords", "embedding", "router_model", "default"]
 
 
@@ -140,6 +149,7 @@ class Decision(OutputModel):
     local_only: bool = False
     tokens: TokenCount | None = None
     classification: Classification | None = None
+    residency: Residence | None = None
     max_output_tokens: int | None = None
     worst_case_cost_micro: int | None = Field(
         default=None, description="Input plus max output at the model's prices, micro-USD."

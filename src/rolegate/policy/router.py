@@ -25,6 +25,7 @@ from rolegate.policy.decision import (
 from rolegate.policy.intents import IntentChoice, choose_intent, keyword_ties
 from rolegate.policy.limits import MAX_TASK_CHARS, check_count, check_name, check_needs
 from rolegate.policy.outcomes import Base, Tokens, refused, routed, streaming_allowed
+from rolegate.policy.residence import cold_models, prefer_resident, residence
 from rolegate.policy.schema import Job, PolicyDocument
 from rolegate.policy.selection import Refusal, check_model, fallback_refusal, role_for, select_model
 
@@ -88,11 +89,14 @@ def route(
     policy: Policy,
     budget: BudgetSnapshot | None = None,
     proposal: Classification | None = None,
+    resident: frozenset[str] | None = None,
 ) -> Decision:
     """Decide which model serves ``request``, or refuse with a code and a sentence.
 
     ``proposal``: the engine's classification of the task (examples or router model), for
-    when no signal or keyword decides its intent (``intents.choose_intent``).
+    when no signal or keyword decides its intent (``intents.choose_intent``). ``resident``:
+    the models loaded now (policies with ``residency``): COLD ones that are not are refused
+    with MODEL_COLD, and loaded ones go first among equals where the policy prefers them.
 
     Raises RequestError only for malformed requests (unknown job/role/channel,
     empty task); every policy outcome, refusals included, is a Decision.
@@ -134,6 +138,10 @@ def route(
     needs = _needs(request, job, intent, role)
     max_output = request.max_output_tokens or doc.defaults.max_output_tokens
     candidates = _candidates(policy, role, reasons)
+    residency = doc.residency if resident is not None and policy.managed else None
+    unavailable = cold_models(policy, resident) if residency and resident is not None else None
+    if residency and residency.prefer_resident and resident is not None and role is None:
+        candidates = prefer_resident(candidates, resident, policy)
     tokens = count_input(request, policy, candidates)
     selection = select_model(
         policy,
@@ -145,6 +153,7 @@ def route(
         max_output=max_output,
         snapshot=snapshot,
         needs=needs,
+        unavailable=unavailable,
     )
     base = Base(
         policy=ref,
@@ -163,7 +172,12 @@ def route(
     if chosen is None:
         return refused(policy, base, role, selection.best, tokens)
     chosen_role = role or role_for(policy, chosen.id)
-    return routed(policy, request, chosen, chosen_role, tokens.count(chosen), base, needs, snapshot)
+    decision = routed(
+        policy, request, chosen, chosen_role, tokens.count(chosen), base, needs, snapshot
+    )
+    if residency and resident is not None:
+        decision.residency = residence(policy, chosen, resident)
+    return decision
 
 
 def _local_only(request: RouteRequest, policy: Policy, reasons: list[str]) -> bool:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import Field, PlainSerializer, field_validator, model_validator
+
+from rolegate.policy.strict import Strict, _unset
+from rolegate.policy.topology import LlamaServer, Residency
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -39,7 +42,16 @@ Signal = Literal[
     "interesting_failure",
 ]
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
-FailureCode = Literal["PROVIDER_UNAVAILABLE", "PROVIDER_TIMEOUT", "PROVIDER_ERROR", "BAD_RESPONSE"]
+FailureCode = Literal[
+    "PROVIDER_UNAVAILABLE",
+    "PROVIDER_TIMEOUT",
+    "PROVIDER_ERROR",
+    "BAD_RESPONSE",
+    "MODEL_COLD",
+    "MEMORY_EXCEEDED",
+    "LOAD_TIMEOUT",
+    "LOAD_FAILED",
+]
 Remedy = Literal["summarize", "narrow_scope", "select_documents", "chunk", "escalate"]
 
 KNOWN_CAPABILITIES = frozenset(
@@ -61,16 +73,6 @@ KNOWN_CAPABILITIES = frozenset(
         "embeddings",
     }
 )
-
-
-def _unset(value: object) -> bool:
-    # Fields added after version 1 shipped are left out of the canonical JSON while unset,
-    # so adding them changed the hash of no policy written before them.
-    return value is None or value == ()
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Provider(Strict):
@@ -143,7 +145,14 @@ class Model(Strict):
     rank: int = Field(default=100, description="Tie-break among equally cheap models; lower wins.")
     params_b: float | None = Field(default=None, gt=0, description="Parameters, billions.")
     quantization: str | None = None
-    memory_gb: float | None = Field(default=None, gt=0)
+    memory_gb: float | None = Field(
+        default=None, gt=0, description="Memory the model takes when loaded (with its draft)."
+    )
+    server: LlamaServer | None = Field(
+        default=None,
+        description="The llama.cpp server rolegate starts for this model (see 'residency').",
+        exclude_if=_unset,
+    )
     description: str | None = None
     tokenizer: str | None = Field(
         default=None,
@@ -467,4 +476,11 @@ class PolicyDocument(Strict):
     )
     ledger: str | None = Field(
         default=None, description="Ledger URL (sqlite:///path or postgresql://...)."
+    )
+    residency: Residency | None = Field(
+        default=None,
+        description="Track what is loaded: HOT models stay resident, WARM ones are loaded on "
+        "demand (evicting the least recently used when memory would be exceeded), COLD ones "
+        "only by hand. Applies to models with a 'server' and to Ollama models.",
+        exclude_if=_unset,
     )

@@ -5,7 +5,7 @@ Pure and deterministic, like the router that uses it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rolegate.errors import Code
@@ -16,6 +16,7 @@ from rolegate.policy.decision import BudgetSnapshot, Rejection
 # Checks run in this order; a refusal reports the candidate that got furthest.
 _STAGES = (
     Code.NO_SUFFICIENT_MODEL,
+    Code.MODEL_COLD,
     Code.NO_POLICY,
     Code.LOCAL_ONLY_VIOLATION,
     Code.NOT_ALLOWLISTED,
@@ -178,19 +179,23 @@ def select_model(
     max_output: int,
     snapshot: BudgetSnapshot,
     needs: frozenset[str],
+    unavailable: Mapping[str, tuple[Code, str]] | None = None,
 ) -> Selection:
     """Walk ``candidates`` in order and stop at the first that passes ``check_model``.
 
     Without a role each candidate is checked as the first role that runs it. Every
     candidate before the chosen one is listed as rejected, so the walk is as long as
-    the list it reports; it does nothing else per candidate.
+    the list it reports; it does nothing else per candidate. ``unavailable``: models that
+    cannot be reached now whatever the call (a COLD model not loaded), with why.
     """
     rejected: list[dict[str, str]] = []
     best: tuple[int, Code, str, ModelInfo] | None = None
     lacking: dict[frozenset[str], str] = {}  # models share a few capability sets
     for info in candidates:
         caps = info.capabilities
-        if needs <= caps:
+        if needs <= caps and unavailable and info.id in unavailable:
+            code, reason = unavailable[info.id]
+        elif needs <= caps:
             who = role or role_for(policy, info.id)
             found = _refusal(
                 info, policy, job_name, who, local_only, input_tokens, max_output, snapshot, needs

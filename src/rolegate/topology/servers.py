@@ -1,0 +1,283 @@
+"""llama.cpp servers rolegate starts from a policy, and stops: its own and nothing else.
+
+Each started server is recorded in the state directory (one JSON file per port: pid,
+command line, log file, load time), so that ``rolegate down`` in another shell, or a server
+process that loads a WARM model on demand, knows what rolegate owns. A record whose process
+is gone, or whose pid now belongs to another program, is stale and ignored: nothing but the
+recorded command line is ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+
+from rolegate.errors import Code, ProviderError, RequestError
+from rolegate.policy import Policy
+from rolegate.policy.topology_checks import server_address
+
+HEALTH_POLL_S = 0.1
+STOP_GRACE_S = 10.0
+_EXPLAINS = re.compile(r"error|fail|unable|cannot|can't|couldn't|invalid|no such|denied", re.I)
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    if env.get("ROLEGATE_STATE_DIR"):
+        return Path(env["ROLEGATE_STATE_DIR"])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rolegate"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One declared server, resolved: its argv is what will run."""
+
+    model: str  # the policy's model id
+    host: str
+    port: int
+    gguf: Path
+    argv: tuple[str, ...]
+    tier: str
+    memory_gb: float | None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    model: str
+    port: int
+    pid: int
+    argv: tuple[str, ...]
+    log: str
+    started_at: float
+    load_s: float | None = None
+
+
+def _binary(configured: str | None, env: Mapping[str, str]) -> str:
+    binary = configured or env.get("ROLEGATE_LLAMA_SERVER") or shutil.which("llama-server")
+    if not binary:
+        raise RequestError(
+            "no llama-server to start: set the server's 'binary', or $ROLEGATE_LLAMA_SERVER, "
+            "or put llama-server on PATH",
+            code=Code.INVALID_ARGUMENT,
+        )
+    return binary
+
+
+def server_specs(policy: Policy, env: Mapping[str, str] = os.environ) -> dict[str, ServerSpec]:
+    """Every declared server, by model id, with paths resolved against the policy file."""
+    specs: dict[str, ServerSpec] = {}
+    for mid, model in sorted(policy.doc.models.items()):
+        server = model.server
+        if server is None:
+            continue
+        address = server_address(policy.doc.providers[model.provider].base_url)
+        if address is None:  # refused by the policy checks; kept total for the type checker
+            continue
+        host, port = address
+        gguf = policy.base_dir / server.gguf
+        argv = [_binary(server.binary, env), "-m", str(gguf), "--host", host, "--port", str(port)]
+        argv += ["--alias", model.name]
+        if server.ctx_size is not None:
+            argv += ["-c", str(server.ctx_size)]
+        if server.threads is not None:
+            argv += ["-t", str(server.threads)]
+        if server.parallel is not None:
+            argv += ["-np", str(server.parallel)]
+        spec_types = []
+        if server.draft is not None:
+            draft = server.draft
+            argv += ["--spec-draft-model", str(policy.base_dir / draft.gguf)]
+            spec_types.append("draft-simple")
+            for flag, value in (
+                ("--spec-draft-n-max", draft.max),
+                ("--spec-draft-n-min", draft.min),
+                ("--spec-draft-p-min", draft.p_min),
+                ("--ctx-size-draft", draft.ctx_size),
+            ):
+                if value is not None:
+                    argv += [flag, str(value)]
+        if server.lookup:
+            spec_types.append("ngram-simple")
+        if spec_types:
+            argv += ["--spec-type", ",".join(spec_types)]
+        argv += server.args
+        specs[mid] = ServerSpec(mid, host, port, gguf, tuple(argv), model.tier, model.memory_gb)
+    return specs
+
+
+def explaining_line(log: Path) -> str:
+    """The log line that most likely says why a server did not start."""
+    try:
+        lines = log.read_text("utf-8", "replace").splitlines()[-200:]
+    except OSError:
+        return "(no log)"
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if _EXPLAINS.search(line):
+            return line[:300]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def _cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The process's resident memory, from /proc (None where it cannot be read)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) * 1024 if match else None
+
+
+class Servers:
+    """Starts, probes and stops the declared servers; owns only what its records name."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "servers"
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # reaped when stopped
+
+    def _path(self, port: int) -> Path:
+        return self.dir / f"{port}.json"
+
+    def records(self) -> dict[int, ServerRecord]:
+        """Live records by port; stale ones (process gone or pid reused) are removed."""
+        live: dict[int, ServerRecord] = {}
+        for path in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else ():
+            try:
+                data = json.loads(path.read_text())
+                record = ServerRecord(**{**data, "argv": tuple(data["argv"])})
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            if self._alive(record):
+                live[record.port] = record
+            else:
+                path.unlink(missing_ok=True)
+        return live
+
+    def _alive(self, record: ServerRecord) -> bool:
+        child = self._children.get(record.pid)
+        if child is not None and child.poll() is not None:
+            return False
+        return _cmdline(record.pid) == record.argv
+
+    async def healthy(self, spec: ServerSpec, http: httpx.AsyncClient) -> bool:
+        try:
+            response = await http.get(f"{spec.url}/health", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def start(self, spec: ServerSpec, http: httpx.AsyncClient, timeout_s: float) -> float:
+        """Start the server and wait until it answers /health; its load time in seconds.
+        LOAD_FAILED (with the log line that explains it) or LOAD_TIMEOUT otherwise."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / f"{spec.port}.log"
+        if not spec.gguf.is_file():
+            raise ProviderError(
+                f"{spec.model}'s server cannot start: no model file at {spec.gguf}",
+                code=Code.LOAD_FAILED,
+            )
+        started = time.monotonic()
+        with open(log, "wb") as out:
+            try:
+                child = subprocess.Popen(
+                    spec.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # outlives `rolegate up`; a Ctrl-C does not reach it
+                )
+            except OSError as exc:
+                raise ProviderError(
+                    f"{spec.model}'s server cannot start: {exc.strerror} ({spec.argv[0]})",
+                    code=Code.LOAD_FAILED,
+                ) from exc
+        self._children[child.pid] = child
+        record = ServerRecord(spec.model, spec.port, child.pid, spec.argv, str(log), time.time())
+        self._write(record)
+        try:
+            with anyio.fail_after(timeout_s):
+                while not await self.healthy(spec, http):
+                    if child.poll() is not None:
+                        raise ProviderError(
+                            f"{spec.model}'s server (port {spec.port}) exited with code "
+                            f"{child.returncode}: {explaining_line(log)}",
+                            code=Code.LOAD_FAILED,
+                        )
+                    await anyio.sleep(HEALTH_POLL_S)
+        except TimeoutError:
+            await self.stop_record(record)
+            raise ProviderError(
+                f"{spec.model}'s server (port {spec.port}) was not ready within {timeout_s:g} s "
+                f"(residency.load_timeout_s); it was stopped. Last log line: "
+                f"{explaining_line(log)}",
+                code=Code.LOAD_TIMEOUT,
+            ) from None
+        except ProviderError:
+            self._forget(record)
+            raise
+        load_s = time.monotonic() - started
+        self._write(ServerRecord(**{**asdict(record), "load_s": load_s}))
+        return load_s
+
+    def _write(self, record: ServerRecord) -> None:
+        tmp = self._path(record.port).with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(record)))
+        tmp.replace(self._path(record.port))
+
+    def _forget(self, record: ServerRecord) -> None:
+        self._path(record.port).unlink(missing_ok=True)
+        child = self._children.pop(record.pid, None)
+        if child is not None:
+            child.wait()
+
+    async def stop_record(self, record: ServerRecord) -> None:
+        """SIGTERM, then SIGKILL after a grace period; only a process whose command line is
+        the recorded one is signalled."""
+        if self._alive(record):
+            _signal(record.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while self._alive(record) and time.monotonic() < deadline:
+                await anyio.sleep(0.05)
+            if self._alive(record):
+                _signal(record.pid, signal.SIGKILL)
+                while self._alive(record):
+                    await anyio.sleep(0.05)
+        self._forget(record)
+
+    async def stop(self, port: int) -> bool:
+        """Stop the server rolegate started on this port; False if it started none."""
+        record = self.records().get(port)
+        if record is None:
+            return False
+        await self.stop_record(record)
+        return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # the server leads its own session (start_new_session)
+    except ProcessLookupError:
+        pass
