@@ -21,6 +21,7 @@ from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult
 from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
+from rolegate.topology.residency import LoadReport
 
 log = get_logger()
 OWNER = default_owner()
@@ -42,6 +43,7 @@ class Call:
     context: dict[str, object] = field(default_factory=dict)
     # CODE: sentence for what went wrong after the call was paid for.
     warnings: list[str] = field(default_factory=list)
+    load: LoadReport | None = None  # what reaching the model cost (tracked models only)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,8 @@ from rolegate.plugins.manager import Registry, build_registry
 from rolegate.plugins.sinks import AuditSinks
 from rolegate.policy import Policy
 from rolegate.policy.budget import utcnow
+from rolegate.topology.residency import Residency
+from rolegate.topology.servers import Servers, default_state_dir
 
 
 def build_engine(
@@ -44,7 +46,13 @@ def build_engine(
     kinds = resolve_role_kinds(policy.doc.roles, registry.roles)  # PLUGIN_ERROR if unknown
     sinks = AuditSinks.from_registry(registry)
     store = Store(policy, ledger=ledger, clock=clock, sinks=sinks)
-    engine = PolicyEngine(policy, store, pool=pool, prompts=default_prompts(kinds))
+    residency = None
+    if policy.managed:  # models whose residency is tracked: see rolegate.topology
+        servers = Servers(default_state_dir(pool.env))
+        residency = Residency(policy, servers, pool.client)
+    engine = PolicyEngine(
+        policy, store, pool=pool, prompts=default_prompts(kinds), residency=residency
+    )
     engine.reader = build_reader(
         policy, registry, engine.calls, pool.env, transports or {}
     )  # PLUGIN_ERROR when the classifier's embedder type is not loaded

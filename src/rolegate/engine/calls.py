@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import replace
 
 import anyio
@@ -28,6 +29,7 @@ from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.decision import NO_USAGE, BudgetSnapshot
 from rolegate.policy.router import check_model, streaming_allowed
+from rolegate.topology.residency import LoadReport, Residency
 
 LEASE_MARGIN_S = 30.0
 
@@ -35,10 +37,13 @@ LEASE_MARGIN_S = 30.0
 class CallRunner:
     """Admits, runs and settles provider calls for one policy, pool and store."""
 
-    def __init__(self, policy: Policy, pool: ProviderPool, store: Store) -> None:
+    def __init__(
+        self, policy: Policy, pool: ProviderPool, store: Store, residency: Residency | None = None
+    ) -> None:
         self.policy = policy
         self.pool = pool
         self.store = store
+        self.residency = residency
 
     def refuse_if(
         self,
@@ -74,7 +79,11 @@ class CallRunner:
         # Locality, allowlist and capabilities first, with no tokens: a forbidden server is
         # never contacted, not even to count tokens.
         self.refuse_if(info, limits, tokens=0, max_output=0, snapshot=NO_USAGE)
-        tokens, exact = await self.pool.count(info, messages)
+        reachable = True
+        if self.residency is not None and self.residency.active and info.id in self.policy.managed:
+            await self.residency.refuse_cold(info.id)  # MODEL_COLD, before any reservation
+            reachable = info.id in await self.residency.snapshot()  # count without a server
+        tokens, exact = await self.pool.count(info, messages, server=reachable)
         snapshot = await self.store.snapshot()
         max_output = limits.max_output
         self.refuse_if(info, limits, tokens=tokens, max_output=max_output, snapshot=snapshot)
@@ -147,7 +156,10 @@ class CallRunner:
 
         started = time.perf_counter()
         try:
-            async with self.pool.slot(info), self.pool.lane(info):
+            # A load on demand holds the model's lane too: a heavy model loads one at a time.
+            async with self.pool.slot(info), self.pool.lane(info), self._lease(info) as load:
+                call.load = load
+                started = time.perf_counter()  # the call's latency, without the load
                 result = await self.pool.client(info.model.provider).chat(request, on_delta)
         except ProviderError as exc:
             outcome.partial, outcome.code = exc.partial_output_tokens, str(exc.code)
@@ -160,3 +172,8 @@ class CallRunner:
             outcome.elapsed_s = time.perf_counter() - started
             with anyio.CancelScope(shield=True):
                 await settle(self.policy, self.store, call, outcome)
+
+    def _lease(self, info: ModelInfo) -> AbstractAsyncContextManager[LoadReport | None]:
+        if self.residency is None:
+            return nullcontext()
+        return self.residency.lease(info.id)

@@ -24,6 +24,7 @@ from rolegate.engine.understanding import TaskReader
 from rolegate.errors import Code, ProviderError, RequestError, RolegateError
 from rolegate.policy import Policy, RouteRequest
 from rolegate.policy.limits import check_name
+from rolegate.topology.residency import Residency
 
 
 class PolicyEngine:
@@ -37,13 +38,16 @@ class PolicyEngine:
         pool: ProviderPool | None = None,
         prompts: Mapping[str, str] | None = None,
         reader: TaskReader | None = None,
+        residency: Residency | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
         self.pool = pool
         # The default system prompt of each role, from its kind (critic, judge, plugins').
         self.prompts = dict(prompts or {})
-        self.calls = CallRunner(policy, pool, store) if pool is not None else None
+        # What is loaded, and loads on demand (policies whose models' residency is tracked).
+        self.residency = residency
+        self.calls = CallRunner(policy, pool, store, residency) if pool is not None else None
         self.probes = Probes(pool) if pool is not None else None
         # Reads tasks that no keyword decides (see ``understanding``); set by ``build_engine``.
         self.reader = reader or TaskReader(policy, None, self.calls)
@@ -54,10 +58,15 @@ class PolicyEngine:
             await self.pool.aclose()
         if self.reader.classifier is not None:
             await self.reader.classifier.embedder.aclose()
+        if self.residency is not None:
+            await self.residency.aclose()
 
     async def route_task(self, request: RouteRequest) -> RouteResult:
         proposal = await self.reader.read(request)
-        return await routing.route_task(self.policy, self.store, request, proposal)
+        resident = None
+        if self.residency is not None and self.residency.active:
+            resident = await self.residency.snapshot()
+        return await routing.route_task(self.policy, self.store, request, proposal, resident)
 
     async def run_role(self, request: RunRequest, caller: Caller = NO_CALLER) -> RunResult:
         if self.calls is None:

@@ -1,6 +1,7 @@
 """The declared fallback chain, walked in order: no silent switch, no step unchecked.
 
-When the running model fails with a code the role's ``fallback.on`` names, the next declared
+When the running model fails (or cannot be loaded: MODEL_COLD, MEMORY_EXCEEDED, LOAD_TIMEOUT,
+LOAD_FAILED) with a code the role's ``fallback.on`` names, the next declared
 model is tried, then the next, until one answers or the chain ends. Every step is held to
 the run's constraints again (premium and escalation-only models are never fallbacks;
 local_only, allowlist, capabilities, then context + reserve and budgets at admission), every
@@ -35,13 +36,21 @@ async def call_with_fallback(
     caller: Caller,
     consent: Consent | None,
 ) -> tuple[Call, ChatResult, FallbackInfo | None]:
-    call = await runner.admit(info, chat, limits)
-    call.context.update(context, attempt=1)
-    try:
-        return call, await runner.invoke(call, chat, limits, caller), None
-    except ProviderError as exc:
-        first = exc
     fallback = runner.policy.doc.roles[limits.role].fallback
+    try:
+        call = await runner.admit(info, chat, limits)
+    except RefusedError as exc:  # a COLD model, or no memory to load it: where `on` says so
+        if str(exc.code) not in fallback.on:
+            raise
+        first: ProviderError | RefusedError = exc
+    else:
+        call.context.update(context, attempt=1)
+        try:
+            return call, await runner.invoke(call, chat, limits, caller), None
+        except (ProviderError, RefusedError) as exc:
+            if isinstance(exc, RefusedError) and str(exc.code) not in fallback.on:
+                raise
+            first = exc
     steps = declared_steps(runner.policy, limits.role, info.id)
     if str(first.code) not in fallback.on or not steps:
         raise first
@@ -66,7 +75,7 @@ async def call_with_fallback(
         call.context.update(context, attempt=1, fallback_from=info.id)
         try:
             result = await runner.invoke(call, chat, limits, caller)
-        except ProviderError as exc:
+        except (ProviderError, RefusedError) as exc:
             if str(exc.code) not in fallback.on:
                 raise
             walk.failed(step_info, exc)
@@ -83,7 +92,7 @@ class _Walk:
         runner: CallRunner,
         limits: Constraints,
         primary: ModelInfo,
-        failure: ProviderError,
+        failure: ProviderError | RefusedError,
         consent: Consent | None,
     ) -> None:
         self.policy = runner.policy
@@ -92,7 +101,7 @@ class _Walk:
         self.primary = primary
         self.reason = str(failure.code)
         self.current = primary
-        self.failure: ProviderError = failure  # why the current model is being left
+        self.failure: ProviderError | RefusedError = failure  # why the current model is being left
         self.last: RolegateError = failure  # what ended the last step, for an exhausted chain
         self.consent = consent
         self.how = "auto"
@@ -112,7 +121,7 @@ class _Walk:
         self.last = RefusedError(message, code=Code(code))
         await self.store.audit(self._record("fallback_refused", info, code, None))
 
-    def failed(self, info: ModelInfo, exc: ProviderError) -> None:
+    def failed(self, info: ModelInfo, exc: ProviderError | RefusedError) -> None:
         self.path.append(FallbackStep(model=info.id, code=str(exc.code), outcome="failed"))
         self.current, self.failure, self.last = info, exc, exc
 

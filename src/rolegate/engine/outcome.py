@@ -6,7 +6,14 @@ from typing import Any
 
 from rolegate.engine.accounting import Call
 from rolegate.engine.constraints import Constraints
-from rolegate.engine.results import ContractReport, FallbackInfo, RunResult, Usage, policy_ref
+from rolegate.engine.results import (
+    ContractReport,
+    FallbackInfo,
+    Load,
+    RunResult,
+    Usage,
+    policy_ref,
+)
 from rolegate.engine.stages import record_output
 from rolegate.engine.store import Store
 from rolegate.errors import RolegateError
@@ -193,6 +200,7 @@ async def finish_run(
         cost_micro=cost,
         latency_ms=round(latency_s * 1000, 3),
         ttft_ms=None if result.ttft_s is None else round(result.ttft_s * 1000, 3),
+        load=_load(call),
         streamed=call.streamed,
         fallback=fallback,
         escalation=escalation,
@@ -206,3 +214,9 @@ async def finish_run(
         judge_required=policy.doc.risk.judge_role if limits.risk == "high" else None,
         warnings=warnings,
     )
+
+
+def _load(call: Call) -> Load | None:
+    if call.load is None:
+        return None
+    return Load(loaded=call.load.loaded, evicted=list(call.load.evicted), load_ms=call.load.load_ms)

@@ -93,12 +93,15 @@ class ProviderPool:
         lane = self._lanes.get(info.model.weight) if info.locality == "local" else None
         return lane if lane is not None else nullcontext()
 
-    async def count(self, info: ModelInfo, messages: list[Message]) -> tuple[int, bool]:
+    async def count(
+        self, info: ModelInfo, messages: list[Message], *, server: bool = True
+    ) -> tuple[int, bool]:
         """Input tokens for admission, counted once per call: with the model's offline
         tokenizer when the policy names one; from the server for ``tokenizer: server``;
         else the calibrated estimate, replaced by the server's exact count only when the
         estimate does not fit and the server is local (cloud servers get text only in the
         admitted call). Real usage from the provider replaces either once the call is done.
+        ``server`` False: the model's server is not loaded, so the estimate stands.
         """
         settings = self.policy.doc.token_estimate
         text = "\n".join(m.content for m in messages)
@@ -110,7 +113,7 @@ class ProviderPool:
         estimate = counter.count(text, overhead)
         limit = info.max_input_tokens
         over = limit is not None and estimate > limit and info.locality == "local"
-        if tokenizer == "server" or (tokenizer is None and over):
+        if server and (tokenizer == "server" or (tokenizer is None and over)):
             client = self.client(info.model.provider)
             exact = await client.count_tokens(info.model.name, messages)
             if exact is not None:

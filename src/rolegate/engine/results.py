@@ -64,6 +64,14 @@ class Critique(OutputModel):
     cost_micro: int
 
 
+class Load(OutputModel):
+    """What a call's model cost to reach (policies with 'residency')."""
+
+    loaded: bool = Field(description="The model was not loaded: the call loaded it first.")
+    evicted: list[str] = Field(description="Models unloaded to make room, in order.")
+    load_ms: float | None = Field(description="How long the load took.")
+
+
 class RunResult(OutputModel):
     output: str = Field(description="The model's completion text.")
     structured: dict[str, Any] | None = Field(
@@ -81,6 +89,9 @@ class RunResult(OutputModel):
     cost_micro: int = Field(description="Cost in micro-USD.")
     latency_ms: float
     ttft_ms: float | None = Field(default=None, description="Time to first token.")
+    load: Load | None = Field(
+        default=None, description="Whether the model had to be loaded (tracked models only)."
+    )
     streamed: bool = Field(
         description="Partial output was sent to the client as it was generated (only where "
         "the channel and the model allow it)."

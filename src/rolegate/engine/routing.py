@@ -16,11 +16,13 @@ async def route_task(
     store: Store,
     request: RouteRequest,
     proposal: Classification | None = None,
+    resident: frozenset[str] | None = None,
 ) -> RouteResult:
     """The router's decision, stored under a decision_id (usable from any process on the
     same ledger) and audited in the same transaction (ids, no text). ``proposal``: the
-    task reader's classification, when no signal or keyword decides the intent."""
-    decision = route(request, policy, await store.snapshot(), proposal)
+    task reader's classification, when no signal or keyword decides the intent. ``resident``:
+    the tracked models loaded now, for policies with ``residency``."""
+    decision = route(request, policy, await store.snapshot(), proposal, resident)
     how = decision.classification
     decision_id = "dec_" + uuid.uuid4().hex
     audit: dict[str, object] = {

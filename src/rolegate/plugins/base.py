@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from rolegate.policy.schema import Provider
 
@@ -65,6 +65,36 @@ class ProviderClient(Protocol):
     async def list_models(self) -> list[str]: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentModel:
+    """A model a server holds in memory. ``expires_at``: when the server will unload it by
+    itself (ISO 8601), None if it never will or did not say."""
+
+    name: str
+    size_bytes: int | None
+    vram_bytes: int | None
+    expires_at: str | None
+
+
+@runtime_checkable
+class ResidencyClient(Protocol):
+    """A provider client that can report and change what its server holds in memory
+    (Ollama). The residency manager uses it when a client has it. Raises only ProviderError.
+    """
+
+    async def resident_models(self) -> list[ResidentModel]:
+        """The models the server has loaded now."""
+        ...
+
+    async def load(self, model: str, keep_alive: str | None) -> None:
+        """Load ``model`` and keep it for ``keep_alive`` (None: the server's default)."""
+        ...
+
+    async def unload(self, model: str) -> None:
+        """Drop ``model`` from memory now."""
+        ...
 
 
 class ProviderType(Protocol):

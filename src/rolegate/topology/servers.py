@@ -4,11 +4,12 @@ Each started server is recorded in the state directory (one JSON file per port: 
 command line, log file, load time), so that ``rolegate down`` in another shell, or a server
 process that loads a WARM model on demand, knows what rolegate owns. A record whose process
 is gone, or whose pid now belongs to another program, is stale and ignored: nothing but the
-recorded command line is ever signalled.
+recorded process (pid and start time) is ever signalled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from rolegate.policy.topology_checks import server_address
 
 HEALTH_POLL_S = 0.1
 STOP_GRACE_S = 10.0
+_PREFIX = re.compile(r"^[0-9.]+ ([A-Z]) ")  # llama.cpp's "0.00.009.911 E "
 _EXPLAINS = re.compile(r"error|fail|unable|cannot|can't|couldn't|invalid|no such|denied", re.I)
 
 
@@ -61,6 +63,7 @@ class ServerRecord:
     model: str
     port: int
     pid: int
+    start_ticks: int | None
     argv: tuple[str, ...]
     log: str
     started_at: float
@@ -121,24 +124,29 @@ def server_specs(policy: Policy, env: Mapping[str, str] = os.environ) -> dict[st
 
 
 def explaining_line(log: Path) -> str:
-    """The log line that most likely says why a server did not start."""
+    """The log line that most likely says why a server did not start: the first one logged
+    at error level (later ones are its consequences), else the first that reads like an
+    error; without llama.cpp's timestamp and level."""
     try:
-        lines = log.read_text("utf-8", "replace").splitlines()[-200:]
+        lines = log.read_text("utf-8", "replace").splitlines()[-400:]
     except OSError:
         return "(no log)"
     lines = [line.strip() for line in lines if line.strip()]
-    for line in reversed(lines):
-        if _EXPLAINS.search(line):
-            return line[:300]
-    return lines[-1][:300] if lines else "(empty log)"
+    errors = [line for line in lines if (m := _PREFIX.match(line)) and m.group(1) == "E"]
+    worded = [line for line in lines if _EXPLAINS.search(_PREFIX.sub("", line))]
+    chosen = (errors or worded or lines[-1:] or ["(empty log)"])[0]
+    return _PREFIX.sub("", chosen)[:300]
 
 
-def _cmdline(pid: int) -> tuple[str, ...] | None:
+def _start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, it names one
+    process for good, so a reused pid is never mistaken for the server."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return tuple(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)
+    fields = stat[stat.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return int(fields[19]) if fields[0] != "Z" else None  # field 22; a zombie has ended
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -178,9 +186,9 @@ class Servers:
 
     def _alive(self, record: ServerRecord) -> bool:
         child = self._children.get(record.pid)
-        if child is not None and child.poll() is not None:
-            return False
-        return _cmdline(record.pid) == record.argv
+        if child is not None:
+            return child.poll() is None
+        return record.start_ticks is not None and _start_ticks(record.pid) == record.start_ticks
 
     async def healthy(self, spec: ServerSpec, http: httpx.AsyncClient) -> bool:
         try:
@@ -215,18 +223,19 @@ class Servers:
                     code=Code.LOAD_FAILED,
                 ) from exc
         self._children[child.pid] = child
-        record = ServerRecord(spec.model, spec.port, child.pid, spec.argv, str(log), time.time())
+        record = ServerRecord(
+            spec.model,
+            spec.port,
+            child.pid,
+            _start_ticks(child.pid),
+            spec.argv,
+            str(log),
+            time.time(),
+        )
         self._write(record)
         try:
             with anyio.fail_after(timeout_s):
-                while not await self.healthy(spec, http):
-                    if child.poll() is not None:
-                        raise ProviderError(
-                            f"{spec.model}'s server (port {spec.port}) exited with code "
-                            f"{child.returncode}: {explaining_line(log)}",
-                            code=Code.LOAD_FAILED,
-                        )
-                    await anyio.sleep(HEALTH_POLL_S)
+                await self._ready(spec, child, log, http)
         except TimeoutError:
             await self.stop_record(record)
             raise ProviderError(
@@ -242,6 +251,18 @@ class Servers:
         self._write(ServerRecord(**{**asdict(record), "load_s": load_s}))
         return load_s
 
+    async def _ready(
+        self, spec: ServerSpec, child: subprocess.Popen[bytes], log: Path, http: httpx.AsyncClient
+    ) -> None:
+        while not await self.healthy(spec, http):
+            if child.poll() is not None:
+                raise ProviderError(
+                    f"{spec.model}'s server (port {spec.port}) exited with code "
+                    f"{child.returncode}: {explaining_line(log)} (log: {log})",
+                    code=Code.LOAD_FAILED,
+                )
+            await anyio.sleep(HEALTH_POLL_S)
+
     def _write(self, record: ServerRecord) -> None:
         tmp = self._path(record.port).with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(record)))
@@ -254,8 +275,8 @@ class Servers:
             child.wait()
 
     async def stop_record(self, record: ServerRecord) -> None:
-        """SIGTERM, then SIGKILL after a grace period; only a process whose command line is
-        the recorded one is signalled."""
+        """SIGTERM, then SIGKILL after a grace period; only the recorded process (same pid,
+        same start time) is signalled."""
         if self._alive(record):
             _signal(record.pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE_S
@@ -277,7 +298,5 @@ class Servers:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)  # the server leads its own session (start_new_session)
-    except ProcessLookupError:
-        pass

@@ -3,13 +3,17 @@
 Chat (streaming or not), keep_alive, model listing; usage from
 prompt_eval_count / eval_count. Ollama has no tokenize endpoint, so input
 counts before a call are the policy's conservative estimate.
+
+Residency (``ResidencyClient``): ``/api/ps`` lists the loaded models; an empty
+``/api/generate`` request loads a model (``keep_alive`` sets how long it stays) and
+``keep_alive: 0`` unloads it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import httpx
 import ollama
@@ -19,6 +23,7 @@ from rolegate.plugins.base import (
     ChatResult,
     Message,
     OnDelta,
+    ResidentModel,
     TokenCount,
 )
 from rolegate.plugins.builtin.errors import ollama_errors, to_provider_error
@@ -26,6 +31,7 @@ from rolegate.plugins.retry import with_retries
 from rolegate.policy.schema import Provider
 
 ERRORS = ollama_errors()
+T = TypeVar("T")
 
 
 class OllamaClient:
@@ -133,28 +139,56 @@ class OllamaClient:
     async def count_tokens(self, model: str, messages: Sequence[Message]) -> TokenCount | None:
         return None
 
-    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
-        """Vectors from Ollama's ``/api/embed``."""
+    async def _mapped(self, call: Callable[[], Awaitable[T]], model: str | None) -> T:
+        """``call()``, its SDK errors mapped to ProviderError (``model`` None: no model)."""
+        try:
+            return await call()
+        except ERRORS.handled as exc:
+            raise to_provider_error(
+                ERRORS, exc, model=model, base_url=self.config.base_url
+            ) from exc
 
-        async def attempt() -> list[list[float]]:
-            try:
-                resp = await self._client.embed(model=model, input=list(texts))
-            except ERRORS.handled as exc:
-                raise to_provider_error(
-                    ERRORS, exc, model=model, base_url=self.config.base_url
-                ) from exc
-            return [list(v) for v in resp.embeddings]
-
+    async def _retried(self, call: Callable[[], Awaitable[T]], model: str | None) -> T:
+        """``_mapped`` under the retry rule, within the provider's timeout."""
         return await with_retries(
-            attempt, model=model, retries=self.config.max_retries, timeout_s=self.config.timeout_s
+            lambda: self._mapped(call, model),
+            model=model if model is not None else self.config.base_url,
+            retries=self.config.max_retries,
+            timeout_s=self.config.timeout_s,
         )
 
+    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors from Ollama's ``/api/embed``."""
+        resp = await self._retried(
+            lambda: self._client.embed(model=model, input=list(texts)), model
+        )
+        return [list(v) for v in resp.embeddings]
+
     async def list_models(self) -> list[str]:
-        try:
-            listing = await self._client.list()
-        except ERRORS.handled as exc:
-            raise to_provider_error(ERRORS, exc, model=None, base_url=self.config.base_url) from exc
+        listing = await self._mapped(self._client.list, None)
         return sorted(m.model for m in listing.models if m.model)
+
+    async def resident_models(self) -> list[ResidentModel]:
+        listing = await self._retried(self._client.ps, None)
+        return [
+            ResidentModel(
+                name=name,
+                size_bytes=None if m.size is None else int(m.size),
+                vram_bytes=None if m.size_vram is None else int(m.size_vram),
+                expires_at=None if m.expires_at is None else m.expires_at.isoformat(),
+            )
+            for m in listing.models
+            if (name := m.name or m.model)
+        ]
+
+    async def load(self, model: str, keep_alive: str | None) -> None:
+        """An empty generate request: Ollama loads the model and generates nothing."""
+        await self._retried(
+            lambda: self._client.generate(model=model, keep_alive=keep_alive), model
+        )
+
+    async def unload(self, model: str) -> None:
+        await self._retried(lambda: self._client.generate(model=model, keep_alive=0), model)
 
     async def aclose(self) -> None:
         await self._client.close()  # type: ignore[no-untyped-call]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rolegate import __version__
+from rolegate.cli.topology import add_topology
 from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
 from rolegate.policy.loader import default_policy_text
@@ -37,6 +38,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             continue
         for warning in policy.warnings:
             print(warning.render(policy.source), file=sys.stderr)
+        from rolegate.topology.files import file_problems
+
+        missing = file_problems(policy)  # model files, and each draft's vocabulary
+        for problem in missing:
+            print(problem.render(policy.source), file=sys.stderr)
+        if missing:
+            print(f"{path}: INVALID {len(missing)} topology problem(s)")
+            failed = True
+            continue
         strict_fail = args.strict and policy.warnings
         status = "INVALID (warnings with --strict)" if strict_fail else "OK"
         print(f"{path}: {status} {policy.name} revision {policy.revision} {policy.hash}")
@@ -231,6 +241,7 @@ def _add_tools(sub: Any) -> None:
     p.add_argument("--block", action="append", default=[], help="block a plugin by name")
     p.set_defaults(func=_cmd_plugins)
     _add_serve(sub.add_parser("serve", help="run the MCP server (stdio by default)"))
+    add_topology(sub)
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,163 @@
+"""`rolegate up`, `down`, `status` and `models compat`: the machine the models live on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import anyio
+
+from rolegate.errors import ProviderError, RefusedError
+from rolegate.policy import Policy, load_default_policy, load_policy
+from rolegate.policy.topology_checks import server_address
+from rolegate.topology.residency import LoadReport, Residency
+from rolegate.topology.servers import Servers, default_state_dir, rss_bytes
+
+
+def _policy(path: str | None) -> Policy:
+    return load_default_policy() if path is None else load_policy(path)
+
+
+def _residency(policy: Policy, servers: Servers) -> tuple[Residency, Any]:
+    from rolegate.engine.providers import ProviderPool
+    from rolegate.plugins.manager import build_registry
+
+    pool = ProviderPool(policy, build_registry())
+    return Residency(policy, servers, pool.client), pool
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    policy = _policy(args.policy)
+    servers = Servers(default_state_dir())
+
+    async def up() -> list[tuple[str, LoadReport | RefusedError | ProviderError]]:
+        residency, pool = _residency(policy, servers)
+        try:
+            return await residency.up(args.tier)
+        finally:
+            await residency.aclose()
+            await pool.aclose()
+
+    results = anyio.run(up)
+    rows = []
+    for mid, outcome in results:
+        if isinstance(outcome, LoadReport):
+            state = "started" if outcome.loaded else "already running"
+            rows.append({"model": mid, "state": state, "load_ms": outcome.load_ms,
+                         "evicted": list(outcome.evicted)})  # fmt: skip
+        else:
+            rows.append({"model": mid, "state": "failed", "code": str(outcome.code),
+                         "error": outcome.message})  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            detail = row.get("error") or (f"{row['load_ms']:.0f} ms" if row.get("load_ms") else "")
+            print(f"{row['model']:<32} {row['state']:<16} {detail}")
+    if not rows:
+        print(f"{policy.name}: no servers or tracked models in tier {args.tier}", file=sys.stderr)
+    return 1 if any(row["state"] == "failed" for row in rows) else 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    servers = Servers(default_state_dir())
+    records = servers.records()
+    if args.policy is not None:
+        policy = _policy(args.policy)
+        ports = {
+            address[1]
+            for model in policy.doc.models.values()
+            if model.server is not None
+            and (address := server_address(policy.doc.providers[model.provider].base_url))
+        }
+        records = {port: r for port, r in records.items() if port in ports}
+
+    async def down() -> None:
+        for record in records.values():
+            await servers.stop_record(record)
+            print(f"stopped {record.model} (port {record.port}, pid {record.pid})")
+
+    anyio.run(down)
+    if not records:
+        print("no server started by rolegate is running", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    policy = _policy(args.policy)
+    servers = Servers(default_state_dir())
+
+    async def probe() -> frozenset[str]:
+        residency, pool = _residency(policy, servers)
+        try:
+            return await residency.refresh()
+        finally:
+            await residency.aclose()
+            await pool.aclose()
+
+    resident = anyio.run(probe)
+    records = {r.model: r for r in servers.records().values()}
+    specs = _residency(policy, servers)[0].specs
+    rows = []
+    for mid in sorted(policy.managed):
+        model = policy.doc.models[mid]
+        record = records.get(mid)
+        rss = rss_bytes(record.pid) if record else None
+        state = "running" if mid in resident else "stopped"
+        if mid in resident and mid in specs and record is None:
+            state = "running (not started by rolegate)"
+        rows.append({
+            "model": mid, "tier": model.tier, "state": state,
+            "where": f"port {specs[mid].port}" if mid in specs else f"ollama {model.provider}",
+            "pid": record.pid if record else None,
+            "memory_gb": model.memory_gb,
+            "rss_mb": None if rss is None else round(rss / 2**20),
+            "load_s": None if record is None or record.load_s is None else round(record.load_s, 2),
+        })  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        extra = f"pid {row['pid']}, {row['rss_mb']} MB resident, loaded in {row['load_s']} s"
+        print(f"{row['model']:<32} {row['tier']:<5} {row['where']:<16} {row['state']}"
+              + (f" ({extra})" if row["pid"] else ""))  # fmt: skip
+    if policy.doc.residency is not None:
+        used = sum(policy.doc.models[m].memory_gb or 0 for m in resident)
+        print(f"memory: {used:g} of {policy.doc.residency.memory_gb:g} GB declared in use")
+    return 0
+
+
+def _cmd_compat(args: argparse.Namespace) -> int:
+    from rolegate.topology.compat import compare_files, compatibility_json, format_compatibility
+
+    result = compare_files(args.target, args.draft)
+    if args.json:
+        print(json.dumps(compatibility_json(result), indent=2))
+    else:
+        print(format_compatibility(result))
+    return 0 if result.compatible else 1
+
+
+def add_topology(sub: Any) -> None:
+    p = sub.add_parser("up", help="start the policy's servers and load its models by tier")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--tier", choices=["hot", "warm", "cold"], default="hot",
+                   help="hot: HOT only (default); warm: HOT + WARM; cold: everything")  # fmt: skip
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_up)
+    p = sub.add_parser("down", help="stop the servers rolegate started (and nothing else)")
+    p.add_argument("--policy", help="only this policy's servers")
+    p.set_defaults(func=_cmd_down)
+    p = sub.add_parser("status", help="each tracked model: tier, port, state, memory, load time")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("models", help="model file utilities")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    q = msub.add_parser("compat", help="can DRAFT serve as TARGET's speculative draft?")
+    q.add_argument("target", help="the target model's GGUF file")
+    q.add_argument("draft", help="the draft model's GGUF file")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_compat)
