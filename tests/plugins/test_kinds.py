@@ -101,7 +101,8 @@ def test_kind_is_validated_like_other_names(tmp_path: Path) -> None:
 
 
 # Hashes printed by `rolegate check` (re-pinned when the policies gained intent examples,
-# and when their examples grew into kinds and their keywords were cut to precise ones):
+# and when their examples grew into kinds and their keywords were cut to precise ones; 004
+# when it declared its servers and residency):
 # an optional field that is absent must not change the hash of any policy written before it
 # existed (tests/policy/test_intents.py checks the fields added since).
 HASHES_BEFORE_KIND = {
@@ -110,7 +111,7 @@ HASHES_BEFORE_KIND = {
     "002-three-role-stack.yaml": "96ac48a24c236d8a4a75ee905309be0655357f420af2b7d17eab4dca0ad5ff43",
     "003-sophie-context.yaml": "d5a1123d5a8cb397f2f5026221466f54e8d3c8fc58b73ab831882254096a9201",
     "004-orchestrator-tiers.yaml": (
-        "d8e15ad3f0561ae1d9afe4a1909219a6060bec6652961b8f1fa5f52b51f3cfcc"
+        "faa4b14f8ec4123b4129072529876d4408671cce5eb2ffc2ce6e7e40316a371f"
     ),
 }
 DEFAULT_POLICY_HASH = "1fcc07c0c035257cb577a2daaa5231582b2b27a990873c21baf275135a536d40"

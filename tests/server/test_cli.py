@@ -13,10 +13,18 @@ from tests.conftest import EXAMPLES, example_path
 
 def test_check_passes_every_example_and_prints_hash(capsys: pytest.CaptureFixture[str]) -> None:
     paths = [str(p) for p in sorted(EXAMPLES.glob("*.yaml"))]
-    assert main(["check", *paths]) == 0
+    assert main(["check", "--skip-files", *paths]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(paths)
     assert all(" OK " in line and "sha256:" in line for line in out)
+
+
+def test_check_looks_for_the_servers_model_files(capsys: pytest.CaptureFixture[str]) -> None:
+    # Seed 004's servers name model files this repository does not hold.
+    assert main(["check", str(example_path("004"))]) == 1
+    err = capsys.readouterr().err
+    assert "models.qwen3-next-80b-a3b.server.gguf: error: no model file at" in err
+    assert "models.qwen3-coder-30b-a3b.server.draft.gguf: error: no draft file at" in err
 
 
 def test_check_fails_with_every_error_listed(

@@ -40,7 +40,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(warning.render(policy.source), file=sys.stderr)
         from rolegate.topology.files import file_problems
 
-        missing = file_problems(policy)  # model files, and each draft's vocabulary
+        # Model files, and each draft's vocabulary: on the machine that holds them.
+        missing = [] if args.skip_files else file_problems(policy)
         for problem in missing:
             print(problem.render(policy.source), file=sys.stderr)
         if missing:
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate and lint policy files (exit 0 ok, 1 invalid)")
     p.add_argument("policy", nargs="+")
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument(
+        "--skip-files",
+        action="store_true",
+        help="check the policy only: do not look for the servers' model files or compare "
+        "drafts (on a machine that does not hold the models)",
+    )
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("route", help="print the routing decision for a task as JSON")
