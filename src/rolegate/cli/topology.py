@@ -13,7 +13,7 @@ from rolegate.errors import ProviderError, RefusedError
 from rolegate.policy import Policy, load_default_policy, load_policy
 from rolegate.policy.topology_checks import server_address
 from rolegate.topology.residency import LoadReport, Residency
-from rolegate.topology.servers import Servers, default_state_dir, rss_bytes
+from rolegate.topology.servers import Servers, ServerSpec, default_state_dir, rss_bytes
 
 
 def _policy(path: str | None) -> Policy:
@@ -89,17 +89,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     policy = _policy(args.policy)
     servers = Servers(default_state_dir())
 
-    async def probe() -> frozenset[str]:
+    async def probe() -> tuple[frozenset[str], dict[str, ServerSpec]]:
         residency, pool = _residency(policy, servers)
         try:
-            return await residency.refresh()
+            return await residency.refresh(), residency.specs
         finally:
             await residency.aclose()
             await pool.aclose()
 
-    resident = anyio.run(probe)
+    resident, specs = anyio.run(probe)
     records = {r.model: r for r in servers.records().values()}
-    specs = _residency(policy, servers)[0].specs
     rows = []
     for mid in sorted(policy.managed):
         model = policy.doc.models[mid]

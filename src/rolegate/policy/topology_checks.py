@@ -89,7 +89,12 @@ def check_topology(doc: PolicyDocument) -> Iterable[PolicyProblem]:
         )
     for mid, model in sorted(doc.models.items()):
         need = (model.memory_gb or 0.0) + hot_gb * (model.tier != "hot")
-        if managed(doc, mid) and model.tier != "hot" and need > doc.residency.memory_gb:
+        if (
+            managed(doc, mid)
+            and model.tier != "hot"
+            and model.memory_gb is not None  # a missing memory_gb is reported above
+            and need > doc.residency.memory_gb
+        ):
             yield error(
                 f"models.{mid}.memory_gb",
                 f"{mid} ({model.memory_gb:g} GB) cannot be "
