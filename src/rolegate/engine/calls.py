@@ -29,7 +29,7 @@ from rolegate.policy import Policy
 from rolegate.policy.compiled import ModelInfo
 from rolegate.policy.decision import NO_USAGE, BudgetSnapshot
 from rolegate.policy.router import check_model, streaming_allowed
-from rolegate.topology.residency import LoadReport, Residency
+from rolegate.topology.residency import LoadReport, Residency, keep_alive
 
 LEASE_MARGIN_S = 30.0
 
@@ -117,7 +117,7 @@ class CallRunner:
                 stream=False,
                 json_schema=schema,
                 temperature=0.0,
-                keep_alive=info.model.keep_alive,
+                keep_alive=keep_alive(self.policy, info.id),
             )
         return ChatRequest(
             model=info.model.name,
@@ -127,7 +127,7 @@ class CallRunner:
             stream=True,
             json_schema=contract.json_schema() if contract and contract.enforce else None,
             temperature=role_def.temperature,
-            keep_alive=info.model.keep_alive,
+            keep_alive=keep_alive(self.policy, info.id),
         )
 
     async def invoke(

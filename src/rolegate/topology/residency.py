@@ -45,6 +45,17 @@ class LoadReport:
     load_ms: float | None = None
 
 
+def keep_alive(policy: Policy, mid: str) -> str | None:
+    """How long Ollama should keep ``mid`` loaded after a load or a call: the model's own
+    ``keep_alive``, else forever ('-1') for a HOT tracked model, else the server's default.
+    Every request resets it (absent: Ollama's 5m), so calls must send it as loads do."""
+    model = policy.doc.models[mid]
+    if model.keep_alive is not None:
+        return model.keep_alive
+    tracked = policy.doc.residency is not None and mid in policy.managed
+    return "-1" if tracked and model.tier == "hot" else None
+
+
 def _tagged(name: str) -> str:
     # Ollama lists 'llama3.2:latest' for a model a policy may call 'llama3.2'.
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
@@ -213,10 +224,9 @@ class Residency:
         if not isinstance(client, ResidencyClient):
             raise ProviderError(f"{mid}'s provider cannot load models", code=Code.LOAD_FAILED)
         started = time.monotonic()
-        keep = model.keep_alive or ("-1" if model.tier == "hot" else None)
         try:
             with anyio.fail_after(timeout):
-                await client.load(model.name, keep)
+                await client.load(model.name, keep_alive(self.policy, mid))
         except TimeoutError:
             raise ProviderError(
                 f"{mid} was not loaded within {timeout:g} s (residency.load_timeout_s)",

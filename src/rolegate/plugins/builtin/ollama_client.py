@@ -34,6 +34,18 @@ ERRORS = ollama_errors()
 T = TypeVar("T")
 
 
+def wire_keep_alive(value: str | None) -> str | int | None:
+    """``keep_alive`` as Ollama reads it. A bare number ('-1', '300') must go as a JSON
+    number of seconds (negative: forever): a string goes through Go's time.ParseDuration,
+    which refuses a number without a unit (HTTP 400 "missing unit in duration")."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value  # '30m', '-1h', '500ms': a Go duration
+
+
 class OllamaClient:
     def __init__(
         self,
@@ -85,7 +97,7 @@ class OllamaClient:
             "options": options,
         }
         if request.keep_alive is not None:
-            kwargs["keep_alive"] = request.keep_alive
+            kwargs["keep_alive"] = wire_keep_alive(request.keep_alive)
         if request.json_schema is not None:
             kwargs["format"] = request.json_schema
         return kwargs
@@ -184,7 +196,8 @@ class OllamaClient:
     async def load(self, model: str, keep_alive: str | None) -> None:
         """An empty generate request: Ollama loads the model and generates nothing."""
         await self._retried(
-            lambda: self._client.generate(model=model, keep_alive=keep_alive), model
+            lambda: self._client.generate(model=model, keep_alive=wire_keep_alive(keep_alive)),
+            model,
         )
 
     async def unload(self, model: str) -> None:
