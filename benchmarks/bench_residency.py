@@ -71,7 +71,7 @@ def policy_text(ports: dict[str, int], gguf: str, *, residency: bool) -> str:
             tier=TIERS[m][0],
             cap=TIERS[m][1],
             server=SERVER.format(gguf=gguf) if residency else "",
-        )  # fmt: skip
+        )
         for m in ports
     )
     block = "residency: {memory_gb: 2.5, load_timeout_s: 120}" if residency else ""
@@ -143,8 +143,10 @@ def main() -> int:
         resident = p50(figures["resident"])
         on_demand = p50(figures["on_demand"])
         print(f"  resident (HOT)             {resident:9.1f} ms")
-        print(f"  loaded on demand (WARM)    {on_demand:9.1f} ms  = load {p50(figures['load']):.1f}"
-              f" ms + first token {p50(figures['warm_ttft']):.1f} ms")  # fmt: skip
+        print(
+            f"  loaded on demand (WARM)    {on_demand:9.1f} ms  = load {p50(figures['load']):.1f}"
+            f" ms + first token {p50(figures['warm_ttft']):.1f} ms"
+        )
         print(f"  ratio on demand / resident {on_demand / resident:9.1f}x")
 
         # route_task over stdio: the HOT server up, so the resident set has something in it.
@@ -163,7 +165,7 @@ def main() -> int:
                         str(path),
                         "--log-level",
                         "WARNING",
-                    ],  # fmt: skip
+                    ],
                     ROLEGATE_TOOLS,
                     "route_task",
                     TASKS,
@@ -176,8 +178,10 @@ def main() -> int:
     print(f"route_task over stdio, {args.calls} calls after 50 warm-up, p50 / p99:")
     for label, median, p99, codes in rows:
         print(f"  {label:<16} {median:6.2f} ms / {p99:6.2f} ms   codes {codes}")
-    print(f"  added by residency tracking: {rows[0][1] - rows[1][1]:+.2f} ms p50 "
-          f"({rows[0][1] / rows[1][1]:.2f}x)")  # fmt: skip
+    print(
+        f"  added by residency tracking: {rows[0][1] - rows[1][1]:+.2f} ms p50 "
+        f"({rows[0][1] / rows[1][1]:.2f}x)"
+    )
     ok = rows[0][1] < 2.0
     print(f"target route_task p50 < 2 ms with residency: {'MET' if ok else 'MISSED'}")
     return 0
