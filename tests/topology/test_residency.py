@@ -175,6 +175,12 @@ async def test_hot_up_warm_on_demand_lru_eviction_and_cold_refusal(
         assert data["load"]["loaded"] is True
         assert data["load"]["evicted"] == ["worker-b"]
 
+    # A session's end closes the engine's clients; the next session reopens them.
+    async with Client(build_server(engine)) as client:
+        later = await _run(client, "b")
+    assert not later.is_error, later.content
+    assert later.structured_content["load"]["evicted"] == ["worker-a"]
+
 
 async def test_failed_and_slow_loads_are_refused_with_codes(
     engine: PolicyEngine, topology: tuple[Path, list[int]]

@@ -76,8 +76,8 @@ class Residency:
         self.policy = policy
         self.servers = servers
         self._client_for = client_for  # provider name -> its client
-        self._http = http or httpx.AsyncClient()
-        self._own_http = http is None
+        self._given_http = http
+        self._own_http: httpx.AsyncClient | None = None  # opened on first use, like the pool's
         self.specs: dict[str, ServerSpec] = server_specs(policy) if policy.managed else {}
         self.max_age_s = max_age_s
         self._resident: frozenset[str] = frozenset()
@@ -93,8 +93,18 @@ class Residency:
         return self.policy.doc.residency is not None and bool(self.policy.managed)
 
     async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
+        """Close the probe client; it reopens on the next use (the engine's clients do too)."""
+        client, self._own_http = self._own_http, None
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        if self._given_http is not None:
+            return self._given_http
+        if self._own_http is None:
+            self._own_http = httpx.AsyncClient()
+        return self._own_http
 
     # -- what is loaded ------------------------------------------------------------------
 
