@@ -31,6 +31,7 @@ from rolegate.policy.residence import COLD_REASON
 from rolegate.topology.servers import Servers, ServerSpec, server_specs
 
 LOCK_POLL_S = 0.05
+DEFAULT_LOAD_TIMEOUT_S = 300.0  # the schema's default for residency.load_timeout_s
 TIERS = {"hot": ("hot",), "warm": ("hot", "warm"), "cold": ("hot", "warm", "cold")}
 
 
@@ -170,25 +171,31 @@ class Residency:
         if mid in await self.snapshot() and mid not in self._evicting:
             self._in_use[mid] += 1  # no await since the check: no eviction can pick it now
             return LoadReport(mid, loaded=False)
+        return await self._bring_in(mid, lease=True)
+
+    async def _bring_in(self, mid: str, *, lease: bool) -> LoadReport:
+        """Under the locks: ``mid`` as it is if loaded, else plan, unload, load. A call's
+        lease never loads a COLD model; a load by hand (`up`, ``load``) may."""
         async with self._lock, self._file_lock():
             resident = await self.refresh()
-            if mid in resident:
+            report = LoadReport(mid, loaded=False)
+            if mid not in resident:
+                if lease and self.policy.doc.models[mid].tier == "cold":
+                    raise RefusedError(f"{mid} {COLD_REASON}", code=Code.MODEL_COLD)
+                victims = self._plan(mid, resident) if self.policy.doc.residency else []
+                self._evicting.update(victims)
+                try:
+                    for victim in victims:
+                        await self._unload(victim)
+                finally:
+                    self._evicting.difference_update(victims)
+                self._resident = resident - set(victims)
+                load_s = await self._load(mid)
+                self._resident |= {mid}
+                report = LoadReport(mid, True, tuple(victims), round(load_s * 1000, 1))
+            if lease:
                 self._in_use[mid] += 1
-                return LoadReport(mid, loaded=False)
-            if self.policy.doc.models[mid].tier == "cold":
-                raise RefusedError(f"{mid} {COLD_REASON}", code=Code.MODEL_COLD)
-            victims = self._plan(mid, resident)
-            self._evicting.update(victims)
-            try:
-                for victim in victims:
-                    await self._unload(victim)
-            finally:
-                self._evicting.difference_update(victims)
-            self._resident = resident - set(victims)
-            load_s = await self._load(mid)
-            self._resident |= {mid}
-            self._in_use[mid] += 1
-            return LoadReport(mid, True, tuple(victims), round(load_s * 1000, 1))
+            return report
 
     def _memory(self, mid: str) -> float:
         return self.policy.doc.models[mid].memory_gb or 0.0
@@ -225,8 +232,9 @@ class Residency:
         return victims
 
     async def _load(self, mid: str) -> float:
-        assert self.policy.doc.residency is not None  # active
-        timeout = self.policy.doc.residency.load_timeout_s
+        # Without a residency section only `rolegate up` loads (servers only): its default limit.
+        residency = self.policy.doc.residency
+        timeout = residency.load_timeout_s if residency is not None else DEFAULT_LOAD_TIMEOUT_S
         if mid in self.specs:
             return await self.servers.start(self.specs[mid], self._http, timeout)
         model = self.policy.doc.models[mid]
@@ -286,19 +294,4 @@ class Residency:
 
     async def load(self, mid: str) -> LoadReport:
         """Load one model by hand (COLD ones too), within memory; no lease is kept."""
-        async with self._lock, self._file_lock():
-            resident = await self.refresh()
-            if mid in resident:
-                return LoadReport(mid, loaded=False)
-            victims = self._plan(mid, resident) if self.policy.doc.residency else []
-            for victim in victims:
-                await self._unload(victim)
-            load_s = await self._load_any(mid)
-            self._resident = (resident - set(victims)) | {mid}
-            return LoadReport(mid, True, tuple(victims), round(load_s * 1000, 1))
-
-    async def _load_any(self, mid: str) -> float:
-        if self.policy.doc.residency is not None:
-            return await self._load(mid)
-        # `rolegate up` without a residency section: servers only, the default time limit.
-        return await self.servers.start(self.specs[mid], self._http, 300.0)
+        return await self._bring_in(mid, lease=False)
