@@ -17,7 +17,7 @@ from tests.ledger.backends import Backend, PostgresBackend, SqliteBackend
 from tests.ledger.stages import CTX, claim, finish, owner_of, refused, run_processes
 from tests.ledger.workers import T0, Budgets, line
 
-NAMES = ["0001_ledger", "0002_work"]
+NAMES = ["0001_ledger", "0002_work", "0003_quality"]
 WORK_TABLES = {
     "rolegate_critiques",
     "rolegate_decisions",

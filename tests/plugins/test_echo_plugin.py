@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from rolegate.errors import RequestError
+from rolegate.evals.suites import load_suite, validate_suite
+from rolegate.plugins.base import CheckContext
 from rolegate.plugins.kinds import default_prompts, resolve_role_kinds
 from rolegate.plugins.manager import build_registry
 from rolegate.plugins.sinks import AuditSinks
@@ -25,11 +28,39 @@ def test_the_entry_point_is_declared() -> None:
 def test_every_hook_is_found_through_the_entry_point() -> None:
     registry = build_registry()
     echo = next(p for p in registry.plugins if p.name == "echo")
-    assert echo.provides == ["provider:echo", "role:summarizer", "audit-sink"]
+    assert echo.provides == [
+        "provider:echo",
+        "role:summarizer",
+        "audit-sink",
+        "checker:echo-length",
+    ]
     assert registry.providers["echo"].name == "echo"
     summarizer = registry.roles["summarizer"]
     assert (summarizer.authority, bool(summarizer.system_prompt)) == ("owner", True)
     assert [s.plugin for s in registry.audit_sinks] == ["echo"]
+
+
+async def test_the_echo_checker_is_found_through_the_entry_point() -> None:
+    registry = build_registry()
+    checker = registry.checkers["echo-length"]
+    assert type(checker).__module__ == "rolegate_echo.plugin"
+    assert "echo-length" not in build_registry(block=["echo"]).checkers
+    context = CheckContext("case-1", "echo-1", {})
+    passed = await checker.check("  twelve chars  ", {"min_chars": 12}, context)
+    assert (passed.passed, passed.score) == (True, 1.0)
+    short = await checker.check("secret", {"min_chars": 12}, context)
+    assert (short.passed, short.reason) == (False, "6 characters; at least 12 needed")
+
+
+def test_a_suite_using_the_echo_checker_is_validated_by_it(tmp_path: Path) -> None:
+    registry = build_registry()
+    suite = tmp_path / "suite.yaml"
+    head = "name: echo\ncases:\n"
+    suite.write_text(head + "  - {id: ok, prompt: hi, check: {type: echo-length, min_chars: 2}}")
+    validate_suite(load_suite(suite), registry.checkers, {})
+    suite.write_text(head + "  - {id: no, prompt: hi, check: {type: echo-length, min_chars: 0}}")
+    with pytest.raises(RequestError, match="needs 'min_chars', a whole number, 1 or more"):
+        validate_suite(load_suite(suite), registry.checkers, {})
 
 
 def test_the_echo_policy_selects_the_plugins_kind() -> None:

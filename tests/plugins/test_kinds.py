@@ -108,7 +108,8 @@ def test_kind_is_validated_like_other_names(tmp_path: Path) -> None:
 HASHES_BEFORE_KIND = {
     "000-mac-mini-lanes.yaml": "da7ec3d3daf362215c765743183bc84d4a2073efaa828d7585e4130ce00e58c6",
     "001-codex-rs-roles.yaml": "67b4c1a9d8baaf740b2c1791f0c87e10977dc356dcfb81d8f6703a8ba54d85ce",
-    "002-three-role-stack.yaml": "96ac48a24c236d8a4a75ee905309be0655357f420af2b7d17eab4dca0ad5ff43",
+    # 002 changed on purpose: its reasoning role gained candidates and a quality rule.
+    "002-three-role-stack.yaml": "cbbee3411a6dcb7cea3d70ef608c3e70ce26024900ad773e542b8a1637067fed",
     "003-sophie-context.yaml": "d5a1123d5a8cb397f2f5026221466f54e8d3c8fc58b73ab831882254096a9201",
     "004-orchestrator-tiers.yaml": (
         "faa4b14f8ec4123b4129072529876d4408671cce5eb2ffc2ce6e7e40316a371f"

@@ -24,7 +24,12 @@ def test_builtins_and_the_echo_plugin_are_found_through_entry_points() -> None:
     assert set(registry.roles) >= {"owner", "critic", "judge", "summarizer"}
     echo = next(p for p in registry.plugins if p.name == "echo")
     assert (echo.distribution, echo.version) == ("rolegate-echo", "0.1.0")
-    assert echo.provides == ["provider:echo", "role:summarizer", "audit-sink"]
+    assert echo.provides == [
+        "provider:echo",
+        "role:summarizer",
+        "audit-sink",
+        "checker:echo-length",
+    ]
     builtin = next(p for p in registry.plugins if p.name == "openai_provider")
     assert builtin.distribution == "rolegate (built-in)"
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rolegate import __version__
+from rolegate.cli.evals import add_evals
+from rolegate.cli.replay import add_replay
 from rolegate.cli.topology import add_topology
 from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
@@ -249,6 +251,8 @@ def _add_tools(sub: Any) -> None:
     p.set_defaults(func=_cmd_plugins)
     _add_serve(sub.add_parser("serve", help="run the MCP server (stdio by default)"))
     add_topology(sub)
+    add_evals(sub)
+    add_replay(sub)
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ class Constraints:
     max_output: int
     decision_id: str | None = None
     decision_model: str | None = None
+    intent: str | None = None  # the decision's (live quality evidence goes to its rule)
 
 
 async def resolve_constraints(
@@ -88,6 +89,7 @@ def _bind(given: Constraints, decision: Decision, decision_id: str) -> Constrain
         risk=decision.risk,
         decision_id=decision_id,
         decision_model=decision.model,
+        intent=decision.intent,
     )
 
 

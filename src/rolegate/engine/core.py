@@ -16,6 +16,7 @@ from rolegate.engine.consent import Probes, consent_needed
 from rolegate.engine.constraints import resolve_constraints
 from rolegate.engine.overview import roles_overview
 from rolegate.engine.providers import ProviderPool
+from rolegate.engine.quality import QualityBook
 from rolegate.engine.requests import NO_CALLER, BudgetQuery, Caller, EscalateRequest, RunRequest
 from rolegate.engine.results import BudgetReport, EscalateResult, RouteResult, RunResult
 from rolegate.engine.run import run_role
@@ -51,6 +52,8 @@ class PolicyEngine:
         self.probes = Probes(pool) if pool is not None else None
         # Reads tasks that no keyword decides (see ``understanding``); set by ``build_engine``.
         self.reader = reader or TaskReader(policy, None, self.calls)
+        # Measured pass rates for quality rules, read from the ledger (see ``quality``).
+        self.quality = QualityBook(policy, store)
 
     async def aclose(self) -> None:
         """Close the provider clients (they reopen on the next call)."""
@@ -66,7 +69,10 @@ class PolicyEngine:
         resident = None
         if self.residency is not None and self.residency.active:
             resident = await self.residency.snapshot()
-        return await routing.route_task(self.policy, self.store, request, proposal, resident)
+        evidence = await self.quality.book() if self.quality.active else None
+        return await routing.route_task(
+            self.policy, self.store, request, proposal, resident, evidence
+        )
 
     async def run_role(self, request: RunRequest, caller: Caller = NO_CALLER) -> RunResult:
         if self.calls is None:
@@ -75,7 +81,7 @@ class PolicyEngine:
             raise ProviderError(
                 "no provider plugins are loaded in this server", code=Code.PROVIDER_UNAVAILABLE
             )
-        return await run_role(self.calls, self.prompts, request, caller)
+        return await run_role(self.calls, self.prompts, request, caller, self.quality)
 
     async def check_budget(self, query: BudgetQuery) -> BudgetReport:
         return await budgets.check_budget(self.policy, self.store, query)

@@ -38,6 +38,9 @@ class RunRequest:
     channel: str | None = None
     local_only: bool = False
     consent: Consent | None = None
+    # Evaluation only (``rolegate eval``; no tool exposes it): run exactly this model, held
+    # to every rule, with no fallback, no quality choice and no live evidence.
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

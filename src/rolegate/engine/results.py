@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rolegate.policy import Policy
-from rolegate.policy.decision import Decision, OutputModel, PolicyRef
+from rolegate.policy.decision import Decision, OutputModel, PolicyRef, QualityReport
 from rolegate.policy.escalation import EscalationDecision
 
 
@@ -97,6 +97,11 @@ class RunResult(OutputModel):
         "the channel and the model allow it)."
     )
     fallback: FallbackInfo | None = None
+    quality: QualityReport | None = Field(
+        default=None,
+        description="A role with a quality rule, run without a decision: the evidence that "
+        "chose its model.",
+    )
     escalation: EscalationDecision | None = Field(
         default=None, description="The escalation the output's own signals trigger, if any."
     )

@@ -9,6 +9,7 @@ from rolegate.engine.store import Store
 from rolegate.errors import Code, RequestError
 from rolegate.policy import Decision, Policy, RouteRequest, route
 from rolegate.policy.decision import Classification
+from rolegate.policy.evidence import EvidenceBook
 
 
 async def route_task(
@@ -17,12 +18,14 @@ async def route_task(
     request: RouteRequest,
     proposal: Classification | None = None,
     resident: frozenset[str] | None = None,
+    evidence: EvidenceBook | None = None,
 ) -> RouteResult:
     """The router's decision, stored under a decision_id (usable from any process on the
     same ledger) and audited in the same transaction (ids, no text). ``proposal``: the
     task reader's classification, when no signal or keyword decides the intent. ``resident``:
-    the tracked models loaded now, for policies with ``residency``."""
-    decision = route(request, policy, await store.snapshot(), proposal, resident)
+    the tracked models loaded now, for policies with ``residency``. ``evidence``: measured
+    pass rates, for policies with quality rules."""
+    decision = route(request, policy, await store.snapshot(), proposal, resident, evidence)
     how = decision.classification
     decision_id = "dec_" + uuid.uuid4().hex
     audit: dict[str, object] = {
@@ -40,10 +43,27 @@ async def route_task(
         "router_asked": how.router_asked if how else False,
         "policy_hash": policy.hash,
     }
-    await store.put_decision(decision_id, decision.model_dump(mode="json"), audit)
+    record = decision.model_dump(mode="json")
+    record["request"] = _request_record(request)
+    await store.put_decision(decision_id, record, audit)
     # The decision was validated when the router built it: no second validation.
     fields = {name: getattr(decision, name) for name in type(decision).model_fields}
     return RouteResult.model_construct(decision_id=decision_id, **fields)
+
+
+def _request_record(request: RouteRequest) -> dict[str, object]:
+    """What the caller asked, without the task's text: what ``rolegate replay`` re-decides."""
+    return {
+        "job": request.job,
+        "role": request.role,
+        "channel": request.channel,
+        "context_tokens": request.context_tokens,
+        "input_tokens": request.input_tokens,
+        "needs": list(request.needs),
+        "local_only": request.local_only,
+        "risk": request.risk,
+        "max_output_tokens": request.max_output_tokens,
+    }
 
 
 async def load_decision(policy: Policy, store: Store, decision_id: str) -> Decision:

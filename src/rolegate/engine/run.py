@@ -25,6 +25,7 @@ from rolegate.engine.critic import (
 )
 from rolegate.engine.fallback import call_with_fallback
 from rolegate.engine.outcome import finish_run
+from rolegate.engine.quality import QualityBook, RoleChoice, record_live, role_choice
 from rolegate.engine.requests import NO_CALLER, Caller, RunRequest
 from rolegate.engine.results import FallbackInfo, RunResult
 from rolegate.engine.stages import claim_stage, release_stage
@@ -76,9 +77,11 @@ async def run_role(
     prompts: Mapping[str, str],
     request: RunRequest,
     caller: Caller = NO_CALLER,
+    quality: QualityBook | None = None,
 ) -> RunResult:
     """Run ``request`` under every rule; ``prompts`` maps a role to its kind's default
-    system prompt (used when the request gives none)."""
+    system prompt (used when the request gives none); ``quality``: the evidence for roles
+    with a quality rule, and where their contract checks go as live evidence."""
     policy, store = calls.policy, calls.store
     limits = await resolve_constraints(
         policy,
@@ -94,7 +97,8 @@ async def run_role(
     _check_task(task_id, stage)
     chat = _messages(request.prompt, request.messages, request.system or prompts.get(limits.role))
     escalated = await store.current_model(task_id, limits.role) if task_id else None
-    info = policy.models[escalated or limits.decision_model or policy.doc.roles[limits.role].model]
+    chosen = await _chosen(policy, request, limits, escalated, quality)
+    info = policy.models[chosen.model if isinstance(chosen, RoleChoice) else chosen]
     await check_critic_allowed(policy, store, limits.role, task_id)
     started = time.perf_counter()
     claim = await claim_stage(policy, store, task_id, stage, limits.role, info.id)
@@ -118,10 +122,39 @@ async def run_role(
         claim=claim,
         attempts=attempts,
     )
+    if isinstance(chosen, RoleChoice):
+        outcome.quality = chosen.report
+    if quality is not None and request.model is None:
+        await record_live(policy, store, quality, limits, outcome)
     critic = automatic_critic(policy, limits.role, stage, escalated=escalated is not None)
     if critic is not None and task_id is not None and stage is not None:
         await _review(calls, prompts, critic, limits, task_id, stage, outcome)
     return outcome
+
+
+async def _chosen(
+    policy: Policy,
+    request: RunRequest,
+    limits: Constraints,
+    escalated: str | None,
+    quality: QualityBook | None,
+) -> str | RoleChoice:
+    """The model: an evaluation's, an escalated task's, the decision's, the one the role's
+    quality rule picks, or the role's own."""
+    if request.model is not None:
+        if request.model not in policy.models:
+            raise RequestError(
+                f"unknown model {request.model!r}; the policy defines {sorted(policy.models)}",
+                code=Code.UNKNOWN_MODEL,
+            )
+        return request.model
+    if escalated or limits.decision_model:
+        return escalated or limits.decision_model or ""
+    if quality is not None and policy.doc.roles[limits.role].quality is not None:
+        choice = role_choice(policy, await quality.book(), limits)
+        if choice is not None:
+            return choice
+    return policy.doc.roles[limits.role].model
 
 
 def _check_task(task_id: str | None, stage: str | None) -> None:
@@ -154,7 +187,7 @@ async def _review(
         local_only=limits.local_only,
     )
     try:
-        done = await run_role(calls, prompts, review)
+        done = await run_role(calls, prompts, review)  # a critique is no quality evidence
     except RolegateError as exc:
         outcome.critique_error = f"{exc.code}: {exc.message}"
     else:
@@ -180,9 +213,14 @@ async def _calls(
         "task_id": task_id,
         "stage": stage,
     }
-    call, result, fallback = await call_with_fallback(
-        runner, limits, info, chat, context=context, caller=caller, consent=request.consent
-    )
+    if request.model is not None:  # an evaluation measures this model: no fallback
+        call = await runner.admit(info, chat, limits)
+        call.context.update(context, attempt=1, evaluation=True)
+        result, fallback = await runner.invoke(call, chat, limits, caller), None
+    else:
+        call, result, fallback = await call_with_fallback(
+            runner, limits, info, chat, context=context, caller=caller, consent=request.consent
+        )
     attempts = 1
     retries = _validation_retries(policy, limits.role, stage)
     while retries and not _contract_ok(policy, limits.role, result.text):

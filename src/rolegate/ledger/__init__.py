@@ -1,5 +1,6 @@
 """The budget ledger: reservations and spend per budget line, exact across processes, and
-the work store (stage owners, escalations, decisions) in the same database.
+the work store (stage owners, escalations, decisions) and the quality store (eval runs,
+results, evidence) in the same database.
 
 ``open_ledger(None)`` opens the default SQLite file; ``sqlite:///abs/path`` another file;
 ``postgresql://...`` a database shared across machines (needs ``psycopg``).
@@ -13,8 +14,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from rolegate.errors import LedgerError
 from rolegate.ledger.base import (
     BudgetExhaustedError,
+    EvalResult,
+    EvalRun,
     HasBudgets,
     Ledger,
+    QualityStore,
     Reservation,
     WorkStore,
     default_owner,
@@ -71,9 +75,12 @@ def _open_sqlite(url: str) -> SqliteLedger:
 
 __all__ = [
     "BudgetExhaustedError",
+    "EvalResult",
+    "EvalRun",
     "HasBudgets",
     "Ledger",
     "MemoryWork",
+    "QualityStore",
     "Reservation",
     "SqliteLedger",
     "WorkStore",

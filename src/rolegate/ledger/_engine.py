@@ -1,9 +1,10 @@
 """The Ledger interface on top of a backend's transactions, shared by SQLite and PostgreSQL.
 
 The rules themselves are SQL functions of one open transaction (``Tx``): the budget's in
-``_budget_sql``, the work store's in ``_work_sql``. The backends differ only in how they
-serialize writers on a budget line: SQLite takes the database write lock (``BEGIN
-IMMEDIATE``), PostgreSQL locks one row per line, in line-id order.
+``_budget_sql``, the work store's in ``_work_sql``, the quality store's in ``_quality_sql``.
+The backends differ only in how they serialize writers on a budget line: SQLite takes the
+database write lock (``BEGIN IMMEDIATE``), PostgreSQL locks one row per line, in line-id
+order.
 
 Lock order, the same everywhere so that transactions cannot deadlock:
 request row -> budget line rows (by id) -> charge rows, and for the work store
@@ -37,6 +38,7 @@ from rolegate.ledger._budget_sql import (
     usage,
 )
 from rolegate.ledger._group import GroupCommit, Member
+from rolegate.ledger._quality_sql import SqlQualityStore
 from rolegate.ledger._tx import GroupTx, Tx
 from rolegate.ledger._work_ledger import SqlWorkStore
 from rolegate.ledger.base import HasBudgets
@@ -52,7 +54,7 @@ T = TypeVar("T")
 GroupScope = Literal["all", "inserts", "none"]
 
 
-class SqlLedger(SqlWorkStore, ABC):
+class SqlLedger(SqlWorkStore, SqlQualityStore, ABC):
     """The Ledger interface on top of a backend's transactions (see ``base.Ledger``)."""
 
     description: str

@@ -1,4 +1,5 @@
-"""The ledger's one interface (``Ledger``, and its work store ``WorkStore``).
+"""The ledger's one interface (``Ledger``, its work store ``WorkStore`` and its quality store
+``QualityStore``, see ``quality``).
 
 The pieces every backend shares live beside it (``records``: the reservation row, the budget
 refusal and exact time arithmetic; ``checks``: argument checks and refusals) and are
@@ -29,6 +30,7 @@ from rolegate.ledger.checks import (
     owner_refusal,
     storable,
 )
+from rolegate.ledger.quality import EvalResult, EvalRun, QualityStore
 from rolegate.ledger.records import (
     BudgetExhaustedError,
     Reservation,
@@ -45,8 +47,11 @@ from rolegate.policy.decision import BudgetSnapshot
 __all__ = [
     "FORBIDDEN_AUDIT_KEYS",
     "BudgetExhaustedError",
+    "EvalResult",
+    "EvalRun",
     "HasBudgets",
     "Ledger",
+    "QualityStore",
     "Reservation",
     "WorkStore",
     "audit_json",
@@ -230,9 +235,9 @@ class WorkStore(Protocol):
 
 
 @runtime_checkable
-class Ledger(WorkStore, Protocol):
+class Ledger(WorkStore, QualityStore, Protocol):
     """Spend and reservations per budget line, shared by every process that opens it, and
-    the work store (``WorkStore``) in the same database.
+    the work store (``WorkStore``) and quality store (``QualityStore``) in the same database.
 
     All methods are synchronous and short; the server calls them from a worker thread.
     Each takes the current time explicitly so tests can drive the clock. A write returns

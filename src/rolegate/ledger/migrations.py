@@ -118,6 +118,48 @@ _WORK = (
     "CREATE INDEX IF NOT EXISTS rolegate_critiques_task ON rolegate_critiques (task_id, id)",
 )
 
+# Eval runs and their per-case results (and live contract checks): the quality evidence
+# ``QualityStore.evidence`` counts. DOUBLE PRECISION has REAL affinity in SQLite. The
+# at_us indexes serve the history reads of policy replay (decisions and audit by time).
+_QUALITY = (
+    """CREATE TABLE IF NOT EXISTS rolegate_eval_runs (
+    run_id TEXT PRIMARY KEY,
+    suite TEXT NOT NULL,
+    suite_hash TEXT NOT NULL,
+    policy_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    job TEXT NULL,
+    models TEXT NOT NULL,
+    cases BIGINT NOT NULL,
+    owner TEXT NOT NULL,
+    started_us BIGINT NOT NULL,
+    finished_us BIGINT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS rolegate_eval_runs_suite ON rolegate_eval_runs (suite, started_us)",
+    """CREATE TABLE IF NOT EXISTS rolegate_eval_results (
+    id {serial},
+    run_id TEXT NULL,
+    suite TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('eval', 'live')),
+    outcome TEXT NOT NULL CHECK (outcome IN ('pass', 'fail', 'error', 'refused')),
+    score DOUBLE PRECISION NULL,
+    latency_ms DOUBLE PRECISION NULL,
+    ttft_ms DOUBLE PRECISION NULL,
+    input_tokens BIGINT NULL,
+    output_tokens BIGINT NULL,
+    cost_micro BIGINT NOT NULL DEFAULT 0,
+    code TEXT NULL,
+    at_us BIGINT NOT NULL
+)""",
+    """CREATE INDEX IF NOT EXISTS rolegate_eval_results_case
+    ON rolegate_eval_results (suite, model, case_id, id)""",
+    "CREATE INDEX IF NOT EXISTS rolegate_eval_results_run ON rolegate_eval_results (run_id)",
+    "CREATE INDEX IF NOT EXISTS rolegate_decisions_at ON rolegate_decisions (at_us)",
+    "CREATE INDEX IF NOT EXISTS rolegate_audit_at ON rolegate_audit (at_us)",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -136,6 +178,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_ledger", _LEDGER, postgres_only=(_LINES,)),
     Migration("0002_work", _WORK),
+    Migration("0003_quality", _QUALITY),
 )
 
 

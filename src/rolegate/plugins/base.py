@@ -1,5 +1,5 @@
-"""What plugins provide: provider types (model servers), embedder types and role kinds
-(audit sinks are plain callables, see ``rolegate.plugins.sinks``).
+"""What plugins provide: provider types (model servers), embedder types, role kinds and
+output checkers (audit sinks are plain callables, see ``rolegate.plugins.sinks``).
 
 A provider type turns a policy ``providers.<name>`` entry into a client; a
 client runs one chat call at a time per request, streaming deltas to a
@@ -9,11 +9,11 @@ with one of PROVIDER_UNAVAILABLE, PROVIDER_TIMEOUT, PROVIDER_ERROR, BAD_RESPONSE
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from rolegate.policy.schema import Provider
+from rolegate.policy.schema import Contract, Provider
 
 OnDelta = Callable[[str], Awaitable[None]]
 
@@ -166,3 +166,48 @@ class RoleKind:
     description: str
     system_prompt: str | None = None
     authority: Literal["owner", "sidecar", "judge"] = "owner"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A checker's judgement of one output.
+
+    ``score``: from 0 to 1 (1.0 or 0.0 for pass/fail checkers). ``reason``: why it failed,
+    in words about the output, never quoting it: verdicts are stored and printed, and
+    rolegate never stores completion text (e.g. "no number in the answer").
+    """
+
+    passed: bool
+    score: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckContext:
+    """What a checker may know besides the output: the case, the model, the contracts."""
+
+    case_id: str
+    model: str
+    contracts: Mapping[str, Contract]  # the policy's contracts, by name
+
+
+class Checker(Protocol):
+    """Judges a model's output for an eval case whose ``check.type`` equals ``name``.
+
+    ``spec`` is the case's ``check:`` mapping without ``type``. ``validate`` runs when the
+    suite is loaded, before any model is called; ``check`` runs once per output and must
+    not raise for any output (a bad output is a failing ``Verdict``).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def validate(self, spec: Mapping[str, object], contracts: Mapping[str, Contract]) -> None:
+        """Raise ``ValueError`` with a sentence a person can act on if ``spec`` is wrong."""
+        ...
+
+    async def check(
+        self, output: str, spec: Mapping[str, object], context: CheckContext
+    ) -> Verdict:
+        """The verdict on ``output``; ``spec`` has passed ``validate``."""
+        ...

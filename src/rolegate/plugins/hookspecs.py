@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pluggy
 
-from rolegate.plugins.base import EmbedderType, ProviderType, RoleKind
+from rolegate.plugins.base import Checker, EmbedderType, ProviderType, RoleKind
 from rolegate.plugins.sinks import AuditSink
 
 PROJECT = "rolegate"
@@ -98,4 +98,23 @@ def register_audit_sinks(register: Callable[[AuditSink], None]) -> None:
     request path, one after the other, and must not block: hand slow I/O to your own queue
     or thread. A sink that raises does not fail the request and does not keep the record
     from the other sinks; the failure is logged (plugin, sink, exception type) and counted.
+    """
+
+
+@hookspec
+def register_checkers(register: Callable[[Checker], None]) -> None:
+    """Register output checkers for eval suites, one ``register(checker)`` call each.
+
+    :param register: Call it once per checker the plugin provides.
+
+    ``checker.name`` is the value an eval case's ``check: {type: ...}`` uses (the built-ins:
+    ``exact``, ``regex``, ``numeric``, ``contains``, ``contract``, ``json_schema``). When a
+    suite is loaded, each case's ``check`` mapping, without ``type``, goes to the checker's
+    ``validate`` before any model is called; each output then goes to its ``check``, which
+    returns a ``Verdict`` whose reason never quotes the output.
+
+    Results combine by union: every implementation is called and every registered checker
+    is kept. Two registrations of one name are refused with a ``PluginError``
+    (PLUGIN_ERROR) that names both plugins. A suite whose case names a checker that no
+    loaded plugin provides is refused before any model is called, listing the loaded ones.
     """

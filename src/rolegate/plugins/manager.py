@@ -17,16 +17,22 @@ import pluggy
 
 from rolegate.errors import PluginError
 from rolegate.plugins import hookspecs
-from rolegate.plugins.base import EmbedderType, ProviderType, RoleKind
+from rolegate.plugins.base import Checker, EmbedderType, ProviderType, RoleKind
 from rolegate.plugins.sinks import AuditSink, RegisteredSink
 
 __all__ = ["AuditSink", "PluginInfo", "Registry", "build_registry", "make_plugin_manager"]
 
 
 def builtin_plugins() -> list[ModuleType]:
-    from rolegate.plugins.builtin import e5_embedder, ollama_provider, openai_provider, roles
+    from rolegate.plugins.builtin import (
+        checkers,
+        e5_embedder,
+        ollama_provider,
+        openai_provider,
+        roles,
+    )
 
-    return [openai_provider, ollama_provider, e5_embedder, roles]
+    return [openai_provider, ollama_provider, e5_embedder, roles, checkers]
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Registry:
     providers: dict[str, ProviderType] = field(default_factory=dict)
     embedders: dict[str, EmbedderType] = field(default_factory=dict)
     roles: dict[str, RoleKind] = field(default_factory=dict)
+    checkers: dict[str, Checker] = field(default_factory=dict)
     # In delivery order: by plugin name, then in the order each plugin registered them.
     audit_sinks: list[RegisteredSink] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
@@ -131,6 +138,11 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, infos: dict[str, Plug
             registry.roles[r.name] = r
             info.provides.append(f"role:{r.name}")
 
+        def add_checker(c: Checker, info: PluginInfo = info) -> None:
+            claim("checker", c.name)
+            registry.checkers[c.name] = c
+            info.provides.append(f"checker:{c.name}")
+
         def add_sink(sink: AuditSink, info: PluginInfo = info) -> None:
             if not callable(sink):
                 raise PluginError(
@@ -146,3 +158,4 @@ def _collect(pm: pluggy.PluginManager, registry: Registry, infos: dict[str, Plug
         caller("register_embedders", others)(register=add_embedder)
         caller("register_roles", others)(register=add_role)
         caller("register_audit_sinks", others)(register=add_sink)
+        caller("register_checkers", others)(register=add_checker)

@@ -17,6 +17,7 @@ from rolegate.policy.patterns import combined_regex, compile_re2
 from rolegate.policy.problems import error as _err
 from rolegate.policy.problems import model_locality
 from rolegate.policy.problems import warning as _warn
+from rolegate.policy.quality_checks import check_quality
 from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, PolicyDocument
 from rolegate.policy.topology_checks import check_topology
 from rolegate.policy.understanding_checks import check_understanding
@@ -35,6 +36,7 @@ def check_document(doc: PolicyDocument) -> list[PolicyProblem]:
     problems += _check_defaults(doc)
     problems += check_understanding(doc)
     problems += check_topology(doc)
+    problems += check_quality(doc)
     return problems
 
 

@@ -47,6 +47,8 @@ class RouteRequest:
     local_only: bool = False
     risk: Risk | None = None
     max_output_tokens: int | None = None
+    # An intent already known (replaying a recorded decision: the text is never stored).
+    intent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,9 @@ class Residence(OutputModel):
     memory_gb: float | None = None
 
 
-ClassifyMethod = Literal["caller", "size", "keywords", "embedding", "router_model", "default"]
+ClassifyMethod = Literal[
+    "caller", "size", "keywords", "embedding", "router_model", "default", "recorded"
+]
 
 
 class Classification(OutputModel):
@@ -109,7 +113,8 @@ class Classification(OutputModel):
         description="'caller': a role or job the caller named decides, the intent is only "
         "recorded; 'size': an intent's min_input_tokens; 'keywords': the policy's keywords "
         "or regexes; 'embedding': similarity to the intents' examples; 'router_model': the "
-        "policy's router role chose; 'default': nothing decided, the default intent applies."
+        "policy's router role chose; 'default': nothing decided, the default intent applies; "
+        "'recorded': a replay, with the intent its recorded decision had."
     )
     label: str | None = Field(default=None, description="The intent it gave, if any.")
     confidence: float | None = None
@@ -120,6 +125,29 @@ class Classification(OutputModel):
     )
     router_asked: bool = False
     note: str | None = Field(default=None, description="Why the method fell through, if so.")
+
+
+class QualityEvidence(OutputModel):
+    model: str
+    passed: int
+    cases: int = Field(description="Judged cases (eval cases' latest results, live checks).")
+    pass_rate: float
+    interval: list[float] = Field(description="95% Wilson interval of the pass rate.")
+    last_at: str = Field(description="When the newest result was stored (UTC).")
+
+
+class QualityReport(OutputModel):
+    """Which measured quality chose the model (intents and roles with 'quality')."""
+
+    suite: str
+    source: str = Field(description="Whose rule: the role's or the intent's.")
+    min_pass_rate: float
+    min_cases: int
+    max_age_days: float | None = None
+    qualified: bool = Field(description="The chosen model met the rule on its evidence.")
+    qualified_models: list[str] = Field(description="Every candidate that met it.")
+    evidence: QualityEvidence | None = Field(description="The chosen model's evidence, if any.")
+    note: str | None = Field(default=None, description="Why the capability rule applied.")
 
 
 class Rejection(OutputModel):
@@ -150,6 +178,7 @@ class Decision(OutputModel):
     tokens: TokenCount | None = None
     classification: Classification | None = None
     residency: Residence | None = None
+    quality: QualityReport | None = None
     max_output_tokens: int | None = None
     worst_case_cost_micro: int | None = Field(
         default=None, description="Input plus max output at the model's prices, micro-USD."

@@ -83,6 +83,17 @@ def choose_intent(
     proposal: Classification | None,
 ) -> IntentChoice:
     """The intent for ``request``; ``proposal`` is the engine's classification, if any."""
+    if request.intent is not None:  # a replay: the recorded intent stands
+        known = policy.intents_by_name.get(request.intent)
+        method = "caller" if caller_decides(policy, request) else "recorded"
+        info = Classification(method=method, label=request.intent)
+        return (
+            _fallback(policy, known, info)
+            if known is not None
+            else _fallback(
+                policy, None, info.model_copy(update={"note": "the recorded intent is gone"})
+            )
+        )
     ties = keyword_ties(policy, request.task)
     if caller_decides(policy, request):
         intent = ties[0] if len(ties) == 1 else None

@@ -20,11 +20,14 @@ from rolegate.policy.decision import (
     Classification,
     Decision,
     PolicyRef,
+    Rejection,
     RouteRequest,
 )
+from rolegate.policy.evidence import NO_EVIDENCE, EvidenceBook
 from rolegate.policy.intents import IntentChoice, choose_intent, keyword_ties
 from rolegate.policy.limits import MAX_TASK_CHARS, check_count, check_name, check_needs
 from rolegate.policy.outcomes import Base, Tokens, refused, routed, streaming_allowed
+from rolegate.policy.quality import QualityPlan, plan_quality, role_pool, rule_for
 from rolegate.policy.residence import cold_models, prefer_resident, residence
 from rolegate.policy.schema import Job, PolicyDocument
 from rolegate.policy.selection import Refusal, check_model, fallback_refusal, role_for, select_model
@@ -90,6 +93,7 @@ def route(
     budget: BudgetSnapshot | None = None,
     proposal: Classification | None = None,
     resident: frozenset[str] | None = None,
+    evidence: EvidenceBook | None = None,
 ) -> Decision:
     """Decide which model serves ``request``, or refuse with a code and a sentence.
 
@@ -97,6 +101,8 @@ def route(
     when no signal or keyword decides its intent (``intents.choose_intent``). ``resident``:
     the models loaded now (policies with ``residency``): COLD ones that are not are refused
     with MODEL_COLD, and loaded ones go first among equals where the policy prefers them.
+    ``evidence``: measured pass rates per (suite, model), for intents and roles with a
+    quality rule (``quality``); without it no model qualifies.
 
     Raises RequestError only for malformed requests (unknown job/role/channel,
     empty task); every policy outcome, refusals included, is a Decision.
@@ -138,6 +144,11 @@ def route(
     needs = _needs(request, job, intent, role)
     max_output = request.max_output_tokens or doc.defaults.max_output_tokens
     candidates = _candidates(policy, role, reasons)
+    plan = _quality(policy, role, intent, candidates, evidence)
+    if plan is not None:
+        candidates = plan.candidates
+        if not plan.qualified and plan.rule.without_evidence == "refuse":
+            return _unproven(ref, request, local_only, reasons, choice, plan)
     residency = doc.residency if resident is not None and policy.managed else None
     unavailable = cold_models(policy, resident) if residency and resident is not None else None
     if residency and residency.prefer_resident and resident is not None and role is None:
@@ -168,16 +179,63 @@ def route(
         rejected=selection.rejected,
         classification=choice.classification,
     )
+    if plan is not None:
+        base.rejected.extend(plan.below)
     chosen = selection.chosen
     if chosen is None:
-        return refused(policy, base, role, selection.best, tokens)
-    chosen_role = role or role_for(policy, chosen.id)
-    decision = routed(
-        policy, request, chosen, chosen_role, tokens.count(chosen), base, needs, snapshot
-    )
-    if residency and resident is not None:
-        decision.residency = residence(policy, chosen, resident)
+        decision = refused(policy, base, role, selection.best, tokens)
+    else:
+        chosen_role = role or role_for(policy, chosen.id)
+        decision = routed(
+            policy, request, chosen, chosen_role, tokens.count(chosen), base, needs, snapshot
+        )
+        if residency and resident is not None:
+            decision.residency = residence(policy, chosen, resident)
+    if plan is not None:
+        decision.quality = plan.report(chosen)
     return decision
+
+
+def _quality(
+    policy: Policy,
+    role: str | None,
+    intent: CompiledIntent | None,
+    candidates: tuple[ModelInfo, ...],
+    evidence: EvidenceBook | None,
+) -> QualityPlan | None:
+    found = rule_for(policy, role, intent)
+    if found is None:
+        return None
+    rule, source = found
+    pool, own = candidates, None
+    if role is not None:
+        pool, own = role_pool(policy, role), policy.doc.roles[role].model
+    return plan_quality(rule, source, pool, own, evidence or NO_EVIDENCE)
+
+
+def _unproven(
+    ref: PolicyRef,
+    request: RouteRequest,
+    local_only: bool,
+    reasons: list[str],
+    choice: IntentChoice,
+    plan: QualityPlan,
+) -> Decision:
+    report = plan.report(None)
+    return Decision(
+        outcome="refuse",
+        code=Code.QUALITY_UNPROVEN,
+        message=f"{report.note}, and {plan.source}'s quality rule says to refuse without it",
+        policy=ref,
+        intent=choice.intent.name if choice.intent is not None else None,
+        job=request.job,
+        local_only=local_only,
+        reasons=reasons,
+        classification=choice.classification,
+        rejected=[Rejection.model_validate(r) for r in plan.below],
+        quality=report,
+        remedies=[f"run `rolegate eval` on suite {plan.rule.suite!r} for the candidates"],
+    )
 
 
 def _local_only(request: RouteRequest, policy: Policy, reasons: list[str]) -> bool:

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PlainSerializer, field_validator, model_validator
 
+from rolegate.policy.evidence import QualityRule
 from rolegate.policy.strict import Strict, _unset
 from rolegate.policy.topology import LlamaServer, Residency
 
@@ -213,6 +214,17 @@ class Role(Strict):
         default=None, ge=0, le=2, description="Sampling temperature; 0 for repeatable output."
     )
     description: str | None = None
+    candidates: tuple[Name, ...] = Field(
+        default=(),
+        description="Other models this role may run when 'quality' shows one qualifies; "
+        "'model' stays the role's own (used without evidence).",
+        exclude_if=_unset,
+    )
+    quality: QualityRule | None = Field(
+        default=None,
+        description="Run the cheapest of 'model' and 'candidates' that qualifies on a suite.",
+        exclude_if=_unset,
+    )
 
 
 class BudgetCap(Strict):
@@ -294,6 +306,12 @@ class Intent(Strict):
     requires: tuple[Name, ...] = ()
     role: Name | None = Field(default=None, description="Route this intent to a fixed role.")
     priority: int = Field(default=100, description="When several intents match, lower wins.")
+    quality: QualityRule | None = Field(
+        default=None,
+        description="Free selection picks the cheapest sufficient model that qualifies on a "
+        "suite, instead of the cheapest sufficient one.",
+        exclude_if=_unset,
+    )
 
     @field_validator("examples")
     @classmethod

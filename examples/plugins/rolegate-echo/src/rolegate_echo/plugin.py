@@ -6,6 +6,8 @@
 - ``register_audit_sinks``: a sink that appends one JSON line per audit record (its kind
   and code) to the file named by ``ROLEGATE_ECHO_AUDIT_FILE``; it does nothing when the
   variable is unset.
+- ``register_checkers``: the ``echo-length`` checker for eval suites, which passes when an
+  output has at least ``min_chars`` characters.
 """
 
 from __future__ import annotations
@@ -13,23 +15,26 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rolegate.plugins.base import (
     ChatRequest,
     ChatResult,
+    CheckContext,
+    Checker,
     Message,
     OnDelta,
     ProviderClient,
     ProviderType,
     RoleKind,
     TokenCount,
+    Verdict,
 )
 from rolegate.plugins.hookspecs import hookimpl
 from rolegate.plugins.sinks import AuditSink
-from rolegate.policy.schema import Provider
+from rolegate.policy.schema import Contract, Provider
 
 
 class EchoClient:
@@ -119,3 +124,39 @@ def register_audit_sinks(register: Callable[[AuditSink], None]) -> None:
     # Read once, at server start; unset means the sink is registered but does nothing.
     path = os.environ.get(AUDIT_FILE_ENV)
     register(AuditFile(Path(path) if path else None))
+
+
+class EchoLengthChecker:
+    """``check: {type: echo-length, min_chars: 20}``: passes when the output has at least
+    ``min_chars`` characters (surrounding whitespace not counted)."""
+
+    name = "echo-length"
+
+    def validate(self, spec: Mapping[str, object], contracts: Mapping[str, Contract]) -> None:
+        # Runs when the suite is loaded: a bad spec fails before any model is called.
+        unknown = sorted(set(spec) - {"min_chars"})
+        if unknown:
+            raise ValueError(
+                f"check type 'echo-length' has no option {unknown}; it takes min_chars"
+            )
+        value = spec.get("min_chars")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                "check type 'echo-length' needs 'min_chars', a whole number, 1 or more"
+            )
+
+    async def check(
+        self, output: str, spec: Mapping[str, object], context: CheckContext
+    ) -> Verdict:
+        wanted = spec["min_chars"]
+        assert isinstance(wanted, int)  # validate made sure
+        length = len(output.strip())
+        if length >= wanted:
+            return Verdict(passed=True, score=1.0)
+        # A reason describes the output (its length), never quotes it: verdicts are stored.
+        return Verdict(False, 0.0, f"{length} characters; at least {wanted} needed")
+
+
+@hookimpl
+def register_checkers(register: Callable[[Checker], None]) -> None:
+    register(EchoLengthChecker())
