@@ -129,6 +129,8 @@ def test_eval_runs_each_model_through_the_run_path_and_stores_every_result(
             row = by[(model, case)]
             assert row["output_tokens"] >= 1
             assert row["latency_ms"] > 0
+            assert row["ttft_ms"] is not None  # the provider streams: first token timed
+            assert 0 < row["ttft_ms"] <= row["latency_ms"]
             assert row["cost_micro"] >= 1
     for case in ("anything", "impossible", "sum"):
         assert by[("premium", case)]["outcome"] == "refused"
