@@ -14,6 +14,7 @@ from rolegate.evals import suites
 from rolegate.evals.suites import Suite, load_suite, validate_suite
 from rolegate.plugins.base import CheckContext
 from rolegate.plugins.manager import Registry, build_registry
+from rolegate.policy.loader import Limits
 from rolegate.policy.schema import Contract
 from tests.conftest import ROOT
 
@@ -112,30 +113,73 @@ def test_a_missing_or_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(RequestError) as info:
         load_suite(tmp_path / "nope.yaml")
     assert info.value.code == Code.INVALID_ARGUMENT
-    assert "nope.yaml: cannot read the suite: No such file or directory" in info.value.message
-    with pytest.raises(RequestError, match="not a regular file"):
-        load_suite(tmp_path)
+    assert info.value.message == f"{tmp_path / 'nope.yaml'}: no such file"
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(RequestError) as info:
+        load_suite(folder)
+    assert info.value.message == (
+        f"{folder}: not a regular file (a directory); a suite must be a regular file"
+    )
     if hasattr(os, "mkfifo"):  # a FIFO never blocks the loader
         os.mkfifo(tmp_path / "fifo.yaml")
-        with pytest.raises(RequestError, match="not a regular file"):
+        with pytest.raises(RequestError, match=r"not a regular file \(a FIFO\)"):
             load_suite(tmp_path / "fifo.yaml")
+
+
+def test_a_file_over_the_cap_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as f:
+        f.truncate(suites.MAX_SUITE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(RequestError) as info:
+        load_suite(path)
+    assert info.value.code == Code.INVALID_ARGUMENT
+    assert info.value.message == (
+        f"{path}: too large: a suite file may be at most 16 MiB (16777216 bytes)"
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "name", "message"),
     [
-        ("name: x\ncases: [\n", "suite.yaml", "line 3, column 1: invalid YAML:"),
-        ('{"name": "x",}', "suite.json", "line 1, column 14: invalid JSON:"),
+        ("name: x\ncases: [\n", "suite.yaml", "suite.yaml:3:1: invalid YAML:"),
+        ('{"name": "x",}', "suite.json", "suite.json:1:14: invalid JSON:"),
         ('{"name": "x", "name": "y"}', "suite.json", "invalid JSON: duplicate key 'name'"),
-        ("name: x\nname: y\n", "suite.yaml", "line 2, column 1: invalid YAML: duplicate key"),
+        (
+            "name: x\nname: y\n",
+            "suite.yaml",
+            "suite.yaml:2:1: invalid YAML: duplicate key 'name' (first on line 1)",
+        ),
         ("name: x\n", "suite.txt", "unknown suite format '.txt'; use .yaml, .yml or .json"),
+        ("name = 'x'\n", "suite.toml", "unknown suite format '.toml'; use .yaml, .yml or .json"),
+        ("name: x\n", "suite", "unknown suite format '(no suffix)'"),
         ("- 1\n- 2\n", "suite.yaml", "(top level): a suite is a mapping with 'name' and 'cases'"),
-        ("a: &x [1]\nb: *x\n", "suite.yaml", "aliases (*name) are not allowed"),
-        ("a: " + "[" * 40 + "]" * 40, "suite.yaml", "nested more than 32 levels deep"),
+        ("a: &a [*a]\n", "suite.yaml", "invalid YAML: alias *a is inside the node it names"),
+        ("a: " + "[" * 70 + "]" * 70, "suite.yaml", "nested too deeply (more than 64 levels)"),
+        ('{"a": ' + "[" * 70 + "]" * 70 + "}", "suite.json", "nested too deeply (more than 64"),
     ],
 )
 def test_unparsable_files(tmp_path: Path, text: str, name: str, message: str) -> None:
     assert message in refusal(tmp_path, text, name)
+
+
+def test_aliases_are_expanded_within_the_value_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    second = '{type: exact, value: "yes", ignore_case: true}'
+    shared = SMALL.replace("{type: numeric", "&four {type: numeric").replace(second, "*four")
+    flat = SMALL.replace(second, "{type: numeric, value: 4}")
+    expanded = load_suite(write(tmp_path, shared))
+    assert expanded.cases[1].check == {"type": "numeric", "value": 4}
+    assert expanded.hash == load_suite(write(tmp_path, flat, "flat.yaml")).hash
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    message = refusal(tmp_path, "\n".join(levels) + "\n", "lol.yaml")
+    assert "invalid YAML: too many values (more than 1,000,000, aliases expanded)" in message
+    monkeypatch.setattr(suites, "SUITE_LIMITS", Limits("suite", suites.MAX_SUITE_BYTES, 20))
+    assert "too many values (more than 20, aliases expanded)" in refusal(tmp_path, SMALL)
 
 
 def test_not_utf8(tmp_path: Path) -> None:

@@ -5,25 +5,21 @@ validates its shape; ``validate_suite`` checks every case's ``check`` against th
 checkers and the policy's contracts, so a bad suite fails before any model is called.
 Every problem is a ``RequestError`` (INVALID_ARGUMENT) naming the file and the place.
 
-Reading is bounded like a policy's, with limits sized for suites: at most
-``MAX_SUITE_BYTES`` from a regular file, ``MAX_CASES`` cases, ``MAX_DEPTH`` levels of
-nesting, no YAML aliases (a suite never needs them, and refusing them rules out alias
-bombs) and no key twice in one mapping. As in policies, only true/false are booleans.
+Reading and parsing are the policy loader's (``read_policy_file``, ``parse_text``), with
+limits sized for suites: at most ``MAX_SUITE_BYTES`` from a regular file and
+``MAX_SUITE_VALUES`` values (YAML aliases expanded), then at most ``MAX_CASES`` cases. Its
+other guards hold as for a policy: nesting, duplicate keys, only true/false as booleans.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import stat
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     ConfigDict,
     Field,
@@ -34,19 +30,20 @@ from pydantic import (
     with_config,
 )
 from typing_extensions import TypedDict
-from yaml.constructor import ConstructorError
-from yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
-from yaml.nodes import MappingNode, ScalarNode
 
-from rolegate.errors import Code, RequestError
+from rolegate.errors import Code, PolicyLoadError, RequestError
 from rolegate.plugins.base import Checker
+from rolegate.policy.loader import Limits, parse_text, read_policy_file
 from rolegate.policy.schema import Contract, Name
 from rolegate.policy.strict import Strict
 
 MAX_CASES = 10_000
 MAX_SUITE_BYTES = 16 * 1024 * 1024
 """10,000 cases of a page of text each fit; a real suite is a few KiB."""
-MAX_DEPTH = 32
+MAX_SUITE_VALUES = 1_000_000
+"""100 values a case at 10,000 cases; a real case holds about 13."""
+SUITE_LIMITS = Limits("suite", MAX_SUITE_BYTES, MAX_SUITE_VALUES)
+_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 MAX_SHOWN = 50
 """Most problems one error lists; the rest are counted."""
 
@@ -230,113 +227,12 @@ def validate_suite(
 def load_suite(path: str | Path) -> Suite:
     """Read, parse and validate the suite at ``path`` (its checks: ``validate_suite``)."""
     p = Path(path)
-    return suite_from_data(_parse(_read(p), p.suffix.lower(), str(p)), str(p))
-
-
-def _read(path: Path) -> str:
-    """The text of a regular file of at most MAX_SUITE_BYTES; never blocks on a FIFO."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        suffix = p.suffix or "(no suffix)"
+        raise _error(str(p), [f"unknown suite format {suffix!r}; use .yaml, .yml or .json"])
     try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise _error(str(path), [f"cannot read the suite: {exc.strerror or exc}"]) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _error(str(path), ["not a regular file; a suite must be a .yaml or .json file"])
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            raw = stream.read(MAX_SUITE_BYTES + 1)
-    except OSError as exc:
-        raise _error(str(path), [f"cannot read the suite: {exc.strerror or exc}"]) from None
-    finally:
-        os.close(fd)
-    if len(raw) > MAX_SUITE_BYTES:
-        raise _error(str(path), [f"too large: a suite may be at most {MAX_SUITE_BYTES:,} bytes"])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _error(str(path), [f"not UTF-8 text (bad byte at offset {exc.start})"]) from None
-
-
-def _parse(text: str, suffix: str, source: str) -> object:
-    if suffix == ".json":
-        try:
-            return json.loads(text, object_pairs_hook=_json_object)
-        except json.JSONDecodeError as exc:
-            raise _error(
-                source, [f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"]
-            ) from None
-        except ValueError as exc:  # a duplicate key
-            raise _error(source, [f"invalid JSON: {exc}"]) from None
-        except RecursionError:
-            raise _error(source, ["invalid JSON: nested too deeply"]) from None
-    if suffix not in (".yaml", ".yml"):
-        raise _error(
-            source, [f"unknown suite format {suffix or '(no suffix)'!r}; use .yaml, .yml or .json"]
-        )
-    try:
-        _check_events(text, source)
-        return yaml.load(text, Loader=_SuiteYaml)  # a safe loader (below)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise _error(source, [f"{where}invalid YAML: {problem}"]) from None
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key[:60]!r}")
-        out[key] = value
-    return out
-
-
-_YamlBase: Any = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-
-
-class _SuiteYaml(_YamlBase):  # type: ignore[misc]
-    """Safe YAML with YAML 1.2 booleans and no key twice in one mapping."""
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[tuple[str, str], int] = {}
-        for key_node, _ in node.value:
-            if isinstance(key_node, ScalarNode):
-                key = (key_node.tag, key_node.value)
-                if key in first:
-                    raise ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {key_node.value[:60]!r} (first on line {first[key]})",
-                        key_node.start_mark,
-                    )
-                first[key] = key_node.start_mark.line + 1
-        result: dict[Any, Any] = super().construct_mapping(node, deep)
-        return result
-
-
-# As in policy files: yes/no/on/off stay strings (YAML 1.1 read them as booleans).
-_SuiteYaml.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in _YamlBase.yaml_implicit_resolvers.items()
-}
-_SuiteYaml.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _check_events(text: str, source: str) -> None:
-    """Refuse aliases and deep nesting from the event stream, before anything is built."""
-    depth = 0
-    for event in yaml.parse(text, Loader=_SuiteYaml):
-        mark = event.start_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown line)"
-        if isinstance(event, AliasEvent):
-            raise _error(source, [f"{where}: aliases (*name) are not allowed; repeat the value"])
-        if isinstance(event, CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise _error(source, [f"{where}: nested more than {MAX_DEPTH} levels deep"])
-        elif isinstance(event, CollectionEndEvent):
-            depth -= 1
+        data = parse_text(read_policy_file(p, SUITE_LIMITS), fmt, str(p), SUITE_LIMITS)
+    except PolicyLoadError as exc:  # the same located sentence, as the caller's mistake
+        raise RequestError(exc.message, code=Code.INVALID_ARGUMENT) from None
+    return suite_from_data(data, str(p))

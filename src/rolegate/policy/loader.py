@@ -5,6 +5,8 @@ A policy file is untrusted input, so reading it is bounded: at most
 most ``MAX_DEPTH`` levels of nesting, at most ``MAX_VALUES`` values once YAML
 aliases are expanded, and no key twice in one mapping. Every refusal is a
 ``PolicyLoadError`` with one sentence, never a traceback.
+
+Other untrusted files (eval suites) are read the same way with their own ``Limits``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,18 @@ The richest example policy holds about 800. The cap bounds the time spent buildi
 and validating a hostile file: without it, 1 MiB of small YAML values takes seconds.
 """
 
+
+@dataclass(frozen=True)
+class Limits:
+    """What a file is called in refusals, and how large it may be; a policy's by default."""
+
+    what: str = "policy"
+    max_bytes: int = MAX_POLICY_BYTES
+    max_values: int = MAX_VALUES
+
+
+POLICY_LIMITS = Limits()
+
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _SKIP_TAGS = ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
 _KEY_SHOWN = 60
@@ -61,10 +76,10 @@ class _PolicyYaml(Composer, SafeConstructor, Resolver):
     - A key repeated in one mapping is an error, at any depth, naming both lines.
     - Nesting deeper than ``MAX_DEPTH`` is an error raised while composing,
       long before Python's recursion limit.
-    - More than ``MAX_VALUES`` values, counting each alias as everything it
-      stands for, is an error raised as soon as the count passes the limit and
-      before anything is built ("billion laughs"); so is an alias inside the node
-      it names.
+    - More than ``_max_values`` values (``MAX_VALUES`` unless ``Limits`` say otherwise),
+      counting each alias as everything it stands for, is an error raised as soon as
+      the count passes the limit and before anything is built ("billion laughs"); so
+      is an alias inside the node it names.
 
     Mixed into an event source below: libyaml's parser when PyYAML has it,
     else PyYAML's own.
@@ -78,15 +93,19 @@ class _PolicyYaml(Composer, SafeConstructor, Resolver):
         self._values = 0
         self._weights: dict[int, int] = {}  # id(node) -> values it stands for
         self._dup_checked: set[int] = set()
+        self._max_values = MAX_VALUES
 
     def _peek(self) -> Any:
         return self.peek_event()  # type: ignore[attr-defined]
 
     def _count(self, values: int, mark: Any) -> None:
         self._values += values
-        if self._values > MAX_VALUES:
+        if self._values > self._max_values:
             raise ComposerError(
-                None, None, f"too many values (more than {MAX_VALUES:,}, aliases expanded)", mark
+                None,
+                None,
+                f"too many values (more than {self._max_values:,}, aliases expanded)",
+                mark,
             )
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
@@ -207,17 +226,19 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_yaml(text: str) -> Any:
+def _parse_yaml(text: str, max_values: int) -> Any:
     loader = _LOADER(text)
+    loader._max_values = max_values
     try:
         return loader.get_single_data()
     finally:
         loader.dispose()
 
 
-def _too_large(source: str) -> PolicyLoadError:
+def _too_large(source: str, limits: Limits) -> PolicyLoadError:
     return PolicyLoadError(
-        f"{source}: too large: a policy file may be at most 1 MiB ({MAX_POLICY_BYTES} bytes)"
+        f"{source}: too large: a {limits.what} file may be at most "
+        f"{limits.max_bytes >> 20} MiB ({limits.max_bytes} bytes)"
     )
 
 
@@ -225,15 +246,15 @@ def _too_deep(source: str) -> PolicyLoadError:
     return PolicyLoadError(f"{source}: nested too deeply (more than {MAX_DEPTH} levels)")
 
 
-def _check_shape(data: Any, source: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH or more than MAX_VALUES values (no recursion)."""
+def _check_shape(data: Any, source: str, max_values: int) -> None:
+    """Refuse nesting deeper than MAX_DEPTH or more than ``max_values`` values (no recursion)."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     count = 0
     while stack:
         value, depth = stack.pop()
         count += 1
-        if count > MAX_VALUES:
-            raise PolicyLoadError(f"{source}: too many values (more than {MAX_VALUES:,})")
+        if count > max_values:
+            raise PolicyLoadError(f"{source}: too many values (more than {max_values:,})")
         if isinstance(value, dict):
             children: Any = [*value.keys(), *value.values()]
         elif isinstance(value, list | tuple):
@@ -245,19 +266,19 @@ def _check_shape(data: Any, source: str) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def parse_text(text: str, fmt: str, source: str) -> Any:
+def parse_text(text: str, fmt: str, source: str, limits: Limits = POLICY_LIMITS) -> Any:
     """Parse ``text`` as ``fmt`` ('yaml', 'json' or 'toml'), within the limits above."""
-    if len(text) > MAX_POLICY_BYTES or (
-        len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES
+    if len(text) > limits.max_bytes or (
+        len(text.encode("utf-8", "surrogatepass")) > limits.max_bytes
     ):
-        raise _too_large(source)
+        raise _too_large(source, limits)
     try:
         if fmt == "json":
             data = json.loads(text, object_pairs_hook=_json_object)
         elif fmt == "toml":
             data = tomllib.loads(text)
         elif fmt == "yaml":
-            data = _parse_yaml(text)
+            data = _parse_yaml(text, limits.max_values)
         else:
             raise PolicyLoadError(
                 f"{source}: unknown format {fmt!r}; use .yaml, .yml, .json or .toml"
@@ -277,7 +298,7 @@ def parse_text(text: str, fmt: str, source: str) -> Any:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise PolicyLoadError(f"{source}{where}: invalid YAML: {problem}") from None
-    _check_shape(data, source)
+    _check_shape(data, source, limits.max_values)
     return data
 
 
@@ -342,8 +363,8 @@ _KINDS = (
 )
 
 
-def read_policy_file(path: Path) -> str:
-    """The text of a regular file of at most MAX_POLICY_BYTES; never blocks on a FIFO."""
+def read_policy_file(path: Path, limits: Limits = POLICY_LIMITS) -> str:
+    """The text of a regular file of at most ``limits.max_bytes``; never blocks on a FIFO."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     flags |= getattr(os, "O_NOCTTY", 0)
     try:
@@ -357,10 +378,10 @@ def read_policy_file(path: Path) -> str:
         if not stat.S_ISREG(mode):
             kind = next((name for test, name in _KINDS if test(mode)), "not a file")
             raise PolicyLoadError(
-                f"{path}: not a regular file ({kind}); a policy must be a regular file"
+                f"{path}: not a regular file ({kind}); a {limits.what} must be a regular file"
             )
         chunks: list[bytes] = []
-        left = MAX_POLICY_BYTES + 1
+        left = limits.max_bytes + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 16))
             if not chunk:
@@ -372,7 +393,7 @@ def read_policy_file(path: Path) -> str:
     finally:
         os.close(fd)
     if left <= 0:
-        raise _too_large(str(path))
+        raise _too_large(str(path), limits)
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
