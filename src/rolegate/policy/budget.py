@@ -9,35 +9,71 @@ budget reports all use these functions, so a refusal, a report and a reservation
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 from rolegate.policy.compiled import BudgetLine
 from rolegate.policy.decision import ScopeUsage
 
 MICRO_PER_USD = 1_000_000
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _first_instant(wall: datetime, tz: tzinfo) -> datetime:
+    """The first instant whose local wall time in ``tz`` is ``wall`` or later.
+
+    Where the clock went back over ``wall``, the earlier of its two instants; where it jumped
+    forward over it, the instant of the jump (a day starts when its first hour does). The
+    result carries the fixed UTC offset in force at that instant (``+01:00``), so that it
+    prints with its offset and compares and subtracts as the instant it is (Python compares
+    two datetimes of one ``ZoneInfo`` by their wall clocks).
+    """
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if first.astimezone(tz).replace(tzinfo=None) != wall:
+        # Skipped: read with the offset after the jump (fold=1), ``wall`` is an instant
+        # before it; with the offset before (fold=0), one after. Find the jump between them.
+        lo = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+        while first - lo > _MICROSECOND:
+            mid = lo + (first - lo) // 2
+            if mid.astimezone(tz).replace(tzinfo=None) >= wall:
+                first = mid
+            else:
+                lo = mid
+    offset = first.astimezone(tz).utcoffset()
+    return first if not offset else first.astimezone(timezone(offset))
+
+
+def _local_midnight(line: BudgetLine, now: datetime) -> datetime:
+    """Midnight starting the local day (or, for month windows, month) ``now`` falls in."""
+    local = now.astimezone(line.tz)
+    day = 1 if line.window == "month" else local.day
+    return local.replace(day=day, hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+
+
 def window_start(line: BudgetLine, now: datetime) -> datetime:
-    """Start of the window ``now`` falls in (for rolling windows: now - length)."""
-    if line.window == "day":
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if line.window == "month":
-        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    """Start of the window ``now`` falls in (for rolling windows: now - length).
+
+    Day and month windows start at local midnight (the first of the month) in the line's
+    zone (the policy's ``timezone``, UTC by default), shown with that zone's offset; a day
+    is 23 or 25 hours long when the clocks change.
+    """
+    if line.window in ("day", "month"):
+        return _first_instant(_local_midnight(line, now), line.tz)
     assert line.window_seconds is not None
-    return now - timedelta(seconds=line.window_seconds)
+    return now.astimezone(UTC) - timedelta(seconds=line.window_seconds)
 
 
 def window_reset(line: BudgetLine, now: datetime) -> datetime | None:
-    """When the current window ends; None for rolling windows (they slide)."""
+    """When the current window ends, in the line's zone; None for rolling windows (they
+    slide)."""
     if line.window == "day":
-        return window_start(line, now) + timedelta(days=1)
+        return _first_instant(_local_midnight(line, now) + timedelta(days=1), line.tz)
     if line.window == "month":
-        start = window_start(line, now)
-        return (start + timedelta(days=32)).replace(day=1)
+        start = _local_midnight(line, now)
+        return _first_instant((start + timedelta(days=32)).replace(day=1), line.tz)
     return None
 
 

@@ -6,9 +6,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rolegate.errors import PolicyProblem
 from rolegate.policy.patterns import IntentMatcher, IntentPattern, intent_pattern
@@ -51,7 +53,12 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class BudgetLine:
-    """One cap on one scope and window, with a stable id for the ledger."""
+    """One cap on one scope and window, with a stable id for the ledger.
+
+    ``tz`` is the policy's ``timezone``: where day and month windows start (local midnight,
+    the local first of the month). It is not part of the id: the ledger keeps the moment of
+    every charge, so a changed zone only moves where the windows are counted from.
+    """
 
     id: str
     scope: str
@@ -60,6 +67,7 @@ class BudgetLine:
     window_seconds: int | None
     usd_micro: int | None
     tokens: int | None
+    tz: tzinfo = UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,7 @@ class CompiledIntent:
     pattern: IntentPattern | None
 
 
-def _budget_line(budget: Budget) -> BudgetLine:
+def _budget_line(budget: Budget, tz: tzinfo) -> BudgetLine:
     window = budget.window if budget.window != "rolling" else f"rolling{budget.window_seconds}s"
     bid = f"{budget.scope}:{budget.target or '*'}:{window}"
     usd_micro = None if budget.usd is None else math.floor(budget.usd * 1_000_000)
@@ -81,6 +89,7 @@ def _budget_line(budget: Budget) -> BudgetLine:
         budget.window_seconds,
         usd_micro,
         budget.tokens,
+        tz,
     )
 
 
@@ -104,10 +113,11 @@ def _model_info(doc: PolicyDocument, mid: str, model: Model) -> ModelInfo:
 
 
 def _budget_lines(doc: PolicyDocument) -> tuple[BudgetLine, ...]:
-    lines = [_budget_line(b) for b in doc.budgets]
+    tz = UTC if doc.timezone is None else ZoneInfo(doc.timezone)
+    lines = [_budget_line(b, tz) for b in doc.budgets]
     for jid, job in sorted(doc.jobs.items()):
         for cap in job.budgets:
-            lines.append(_budget_line(Budget(scope="job", target=jid, **cap.model_dump())))
+            lines.append(_budget_line(Budget(scope="job", target=jid, **cap.model_dump()), tz))
     return tuple(lines)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PlainSerializer, field_validator, model_validator
 
@@ -465,6 +466,13 @@ class Defaults(Strict):
 
 
 class PolicyDocument(Strict):
+    json_schema_ref: str | None = Field(
+        default=None,
+        alias="$schema",
+        description="For editors: the JSON Schema of this file (`rolegate policy schema`). "
+        "Ignored by rolegate, and not part of the policy's hash.",
+        exclude=True,
+    )
     version: Literal[1]
     name: Name
     revision: str = Field(default="0", description="The document's own version; bump on change.")
@@ -495,6 +503,13 @@ class PolicyDocument(Strict):
     ledger: str | None = Field(
         default=None, description="Ledger URL (sqlite:///path or postgresql://...)."
     )
+    timezone: str | None = Field(
+        default=None,
+        max_length=128,
+        description="IANA time zone (e.g. Europe/Berlin) whose local midnight starts day "
+        "budget windows and whose first of the month starts month windows; UTC when absent.",
+        exclude_if=_unset,
+    )
     residency: Residency | None = Field(
         default=None,
         description="Track what is loaded: HOT models stay resident, WARM ones are loaded on "
@@ -502,3 +517,18 @@ class PolicyDocument(Strict):
         "only by hand. Applies to models with a 'server' and to Ollama models.",
         exclude_if=_unset,
     )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        # The message never repeats the value: policy errors never show what was written.
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                raise ValueError(
+                    "unknown time zone; write an IANA name such as 'Europe/Berlin', "
+                    "'America/Los_Angeles' or 'UTC' (case matters), or leave 'timezone' out "
+                    "for UTC"
+                ) from None
+        return value
