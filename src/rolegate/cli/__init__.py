@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import anyio
 from rolegate import __version__
 from rolegate.cli.evals import add_evals
 from rolegate.cli.replay import add_replay
+from rolegate.cli.report import add_audit_filters, add_report
 from rolegate.cli.topology import add_topology
 from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
 from rolegate.policy import Policy, RouteRequest, load_default_policy, load_policy, route
@@ -21,6 +23,19 @@ from rolegate.policy.schema import PolicyDocument
 
 if TYPE_CHECKING:
     from rolegate.engine.understanding import TaskReader
+
+#: Exit code when stdout's reader closed the pipe early (128 + SIGPIPE, as a shell says).
+CLOSED_PIPE = 141
+EXIT_CODES = """\
+exit codes:
+  0    ok
+  1    policy, ledger or plugin error
+  2    bad request or arguments
+  3    refused (route, or a budget check that does not fit)
+  4    eval: not every case could be judged
+  130  interrupted (Ctrl-C)
+  141  stdout closed early by its reader (e.g. `rolegate audit | head -1`): output stops quietly
+"""
 
 
 def _load(path: str | None) -> Policy:
@@ -147,16 +162,22 @@ def _cmd_budget(args: argparse.Namespace) -> int:
         report = budget_report(policy, Store(policy, ledger=ledger), query)
     finally:
         ledger.close()
-    print(report.model_dump_json(indent=2))
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        from rolegate.cli.report import print_budget
+
+        print_budget(report)
     return 0 if report.check is None or report.check.admitted else 3
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    from rolegate.cli.report import read_audit
     from rolegate.engine.bootstrap import open_policy_ledger
 
     ledger = open_policy_ledger(_load(args.policy), args.ledger)
     try:
-        records = ledger.recent_audit(args.limit)
+        records = read_audit(ledger, args)
     finally:
         ledger.close()
     for record in records:
@@ -173,7 +194,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rolegate", description="Make a model-routing policy executable."
+        prog="rolegate",
+        description="Make a model-routing policy executable.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rolegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,12 +262,20 @@ def _add_tools(sub: Any) -> None:
     p.add_argument("--text", help="input text to count for the fit check")
     p.add_argument("--input-tokens", type=int)
     p.add_argument("--output-tokens", type=int)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_budget)
 
-    p = sub.add_parser("audit", help="recent audit records (ids, models, counts, codes; no text)")
+    p = sub.add_parser(
+        "audit",
+        help="recent audit records as JSON lines, newest first (ids, models, counts, "
+        "codes; no text)",
+        description="The newest audit records that pass every filter given, as JSON lines, "
+        "newest first. Records carry no process or session id, so there is no filter by "
+        "either (a call's reservation, not its record, names the process that made it).",
+    )
     p.add_argument("--policy", help="policy file (default: the embedded policy)")
     p.add_argument("--ledger", help="ledger URL")
-    p.add_argument("--limit", type=int, default=50)
+    add_audit_filters(p)
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("plugins", help="list plugins found, their distribution and what they add")
@@ -253,6 +285,7 @@ def _add_tools(sub: Any) -> None:
     add_topology(sub)
     add_evals(sub)
     add_replay(sub)
+    add_report(sub)
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
@@ -298,7 +331,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except (PolicyError, RequestError, PluginError, LedgerError) as exc:
         print(str(exc), file=sys.stderr)
         return 2 if isinstance(exc, RequestError) else 1
+    except BrokenPipeError:
+        # The reader went away (`rolegate audit | head -1`): stop quietly. stdout goes to
+        # devnull so that Python's own flush at exit does not fail again (Python docs,
+        # "Note on SIGPIPE"); 141 is what a shell reports for a writer SIGPIPE ended.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return CLOSED_PIPE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return result

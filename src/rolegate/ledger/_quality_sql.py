@@ -170,10 +170,12 @@ def do_decisions_between(
     return sorted(rows, key=lambda row: (row[1], row[0]))  # code point order, on both
 
 
-def do_audit_between(tx: Tx, since_us: int, until_us: int | None) -> list[dict[str, object]]:
+def do_audit_between(
+    tx: Tx, since_us: int, until_us: int | None
+) -> list[tuple[int, dict[str, object]]]:
     where, params = _window(since_us, until_us)
-    found = tx.rows(f"SELECT record FROM rolegate_audit WHERE {where} ORDER BY id", params)
-    return [dict(json.loads(row[0])) for row in found]
+    found = tx.rows(f"SELECT at_us, record FROM rolegate_audit WHERE {where} ORDER BY id", params)
+    return [(int(at), dict(json.loads(record))) for at, record in found]
 
 
 class SqlQualityStore(ABC):
@@ -229,11 +231,16 @@ class SqlQualityStore(ABC):
     def audit_between(
         self, since_us: int, until_us: int | None = None, kind: str | None = None
     ) -> list[dict[str, object]]:
+        return [record for _, record in self.audit_rows_between(since_us, until_us, kind)]
+
+    def audit_rows_between(
+        self, since_us: int, until_us: int | None = None, kind: str | None = None
+    ) -> list[tuple[int, dict[str, object]]]:
         since, until = check_window(since_us, until_us)
         if kind is not None and not storable(kind):
             return []
-        records = self._read(lambda tx: do_audit_between(tx, since, until))
+        rows = self._read(lambda tx: do_audit_between(tx, since, until))
         if kind is None:
-            return records
+            return rows
         # Exact, after decoding: a LIKE on the JSON text could match a nested "kind".
-        return [record for record in records if record.get("kind") == kind]
+        return [(at, record) for at, record in rows if record.get("kind") == kind]

@@ -143,6 +143,13 @@ class QualityStore(Protocol):
         when given. An audit record's time is when the ledger stored it."""
         ...
 
+    def audit_rows_between(
+        self, since_us: int, until_us: int | None = None, kind: str | None = None
+    ) -> list[tuple[int, dict[str, object]]]:
+        """``audit_between``'s records with their times: (at_us, record), in the order
+        they were written (at_us is when the ledger stored the record)."""
+        ...
+
 
 # -- the checks every writer applies before touching the database ------------------------
 

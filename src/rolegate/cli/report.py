@@ -1,0 +1,306 @@
+"""`rolegate report` (what the audit trail adds up to), and the terminal views of `rolegate
+budget` and the filters of `rolegate audit`. Tables go to stdout through rich (imported when
+a table is drawn: `check` and `route` never pay for it); `--json` and `--csv` are for
+scripts. Money is shown in dollars, never micro-dollars."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from rolegate.cli.replay import _sqlite_file, parse_when
+from rolegate.errors import Code, RequestError
+from rolegate.policy.budget import usd, utcnow
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rolegate.engine.reports import Report, Tally
+    from rolegate.engine.results import BudgetReport, ScopeReport
+    from rolegate.ledger import Ledger
+
+DESCRIPTION = """\
+Sum what the ledger's audit trail recorded in a window, per model, job, role, provider, day
+(UTC) or code: decisions, provider calls, input and output tokens, spend, refusals (decisions
+refused and calls that did not end OK), fallbacks (calls on a declared fallback), escalations
+(moves up a ladder), consents (granted/denied), and evaluation calls with their spend, kept
+apart from the rest. The audit trail holds no prompt or completion text.
+"""
+#: The table's width when stdout is no terminal and COLUMNS is unset (rich would take 80).
+_PIPE_WIDTH = 160
+_BAR = 20
+_COLUMNS = (
+    ("decisions", "decisions"), ("calls", "calls"), ("input_tokens", "input tok"),
+    ("output_tokens", "output tok"), ("spend_usd", "spend"), ("refusals", "refusals"),
+    ("fallbacks", "fallbacks"), ("escalations", "escalations"),
+    ("consents_granted", "granted"), ("consents_denied", "denied"),
+    ("eval_calls", "eval calls"), ("eval_spend_usd", "eval spend"),
+)  # fmt: skip
+TOTAL = "(total)"
+
+
+def console() -> Console:
+    """stdout as rich sees it: no markup or emoji codes (names are shown as they are)."""
+    from rich.console import Console
+
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(
+        file=sys.stdout,
+        width=_PIPE_WIDTH if piped else None,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def count(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """--since and --until (7d, 12h, ISO...) as times; --until must come after --since."""
+    now = utcnow()
+    start = None if since is None else parse_when(since, now, "--since")
+    end = None if until is None else parse_when(until, now, "--until")
+    if start is not None and end is not None and end <= start:
+        raise RequestError("--until must be later than --since", code=Code.INVALID_ARGUMENT)
+    return start, end
+
+
+# -- rolegate report -------------------------------------------------------------------------
+
+
+def _open_recorded(url: str | None) -> Ledger:
+    """The ledger, never created by a read: a SQLite file that does not exist is an error."""
+    from rolegate.ledger import open_ledger
+
+    found = _sqlite_file(url)
+    if found is not None and not found.is_file():
+        raise RequestError(f"no ledger at {found}: nothing was recorded to report on")
+    return open_ledger(url)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rolegate.engine.reports import load_report
+    from rolegate.policy import load_default_policy, load_policy
+
+    since, until = window(args.since, args.until)
+    policy = load_default_policy() if args.policy is None else load_policy(args.policy)
+    providers = {name: model.provider for name, model in policy.doc.models.items()}
+    ledger = _open_recorded(args.ledger or policy.doc.ledger)
+    try:
+        report = load_report(ledger, args.by, since, until, providers)
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    elif args.csv:
+        sys.stdout.write(report_csv(report))
+    else:
+        console().print(report_table(report))
+    return 0
+
+
+def add_report(sub: Any) -> None:
+    """Register `rolegate report` on the command's subparsers."""
+    from rolegate.engine.reports import BY
+
+    p = sub.add_parser(
+        "report",
+        help="spend, tokens, calls, refusals, fallbacks, escalations and consents from the "
+        "audit trail, per model, job, role, provider, day or code",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--since", default="7d", help="7d, 12h, 30m or an ISO date/time (default 7d)")
+    p.add_argument("--until", help="same forms (default: now)")
+    p.add_argument("--by", choices=BY, default="model", help="group by (default: model)")
+    p.add_argument("--policy", help="policy file (default: the embedded policy)")
+    p.add_argument("--ledger", help="ledger URL (default: the policy's, else the SQLite file)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the report as JSON")
+    out.add_argument("--csv", action="store_true", help="print the rows and a total as CSV")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cells(tally: Tally) -> list[str]:
+    figures = tally.as_dict()
+    cells = []
+    for name, _ in _COLUMNS:
+        if name == "spend_usd":
+            cells.append(usd(tally.cost_micro))
+        elif name == "eval_spend_usd":
+            cells.append(usd(tally.eval_cost_micro))
+        else:
+            cells.append(f"{figures[name]:,}")
+    return cells
+
+
+def _moment(at_us: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
+
+
+def report_table(report: Report) -> Table:
+    """The report as a rich table: one row per group, then the total."""
+    from rich.table import Table
+
+    from rolegate.engine.reports import NO_SINCE
+
+    since = "the start" if report.since_us == NO_SINCE else _moment(report.since_us)
+    until = "now" if report.until_us is None else _moment(report.until_us)
+    table = Table(
+        title=f"audit trail by {report.by}, {since} to {until} ({report.records:,} records)",
+        caption=None if report.records else "no audit records in the window",
+    )
+    table.add_column(report.by)
+    for _, head in _COLUMNS:
+        table.add_column(head, justify="right")
+    for i, (key, tally) in enumerate(report.rows):
+        table.add_row(key, *_cells(tally), end_section=i == len(report.rows) - 1)
+    table.add_row("total", *_cells(report.total), style="bold")
+    return table
+
+
+def report_csv(report: Report) -> str:
+    """A header, one line per group and a last line for the total (key ``(total)``);
+    money as plain dollars (``0.004200``)."""
+    from rolegate.engine.reports import dollars
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([report.by, *(name for name, _ in _COLUMNS)])
+    for key, tally in [*report.rows, (TOTAL, report.total)]:
+        figures: Mapping[str, object] = {
+            **tally.as_dict(),
+            "spend_usd": dollars(tally.cost_micro),
+            "eval_spend_usd": dollars(tally.eval_cost_micro),
+        }
+        writer.writerow([key, *(figures[name] for name, _ in _COLUMNS)])
+    return buffer.getvalue()
+
+
+# -- rolegate budget -------------------------------------------------------------------------
+
+
+def usage_bar(spent: int, reserved: int, cap: int | None, width: int = _BAR) -> str:
+    """Spent (█) then reserved (▒) against the cap, the rest free (░), and the share used."""
+    if cap is None:
+        return "no cap"
+    used = spent + reserved
+    if cap <= 0:
+        return "█" * width + (" cap 0" if used else " 0%")
+    full = min(width, spent * width // cap)
+    upto = max(full, min(width, used * width // cap))
+    return "█" * full + "▒" * (upto - full) + "░" * (width - upto) + f" {used * 100 // cap}%"
+
+
+def _resets(scope: ScopeReport) -> str:
+    if scope.resets_at is None:
+        return "slides"
+    return datetime.fromisoformat(scope.resets_at).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _measures(scope: ScopeReport) -> list[list[str]]:
+    """One row of cells (spent, reserved, cap, left, bar) per cap the line has: dollars,
+    tokens (a line with neither cap shows its dollars)."""
+    rows = []
+    if scope.cap_usd_micro is not None or scope.cap_tokens is None:
+        cap, left = scope.cap_usd_micro, scope.left_usd_micro
+        rows.append([
+            usd(scope.spent_usd_micro), usd(scope.reserved_usd_micro),
+            "-" if cap is None else usd(cap), "-" if left is None else usd(left),
+            usage_bar(scope.spent_usd_micro, scope.reserved_usd_micro, cap),
+        ])  # fmt: skip
+    if scope.cap_tokens is not None:
+        tokens, left_tokens = scope.cap_tokens, scope.left_tokens
+
+        def tok(n: int | None) -> str:
+            return "-" if n is None else f"{n:,} tok"
+
+        rows.append([
+            tok(scope.spent_tokens), tok(scope.reserved_tokens), tok(tokens), tok(left_tokens),
+            usage_bar(scope.spent_tokens, scope.reserved_tokens, tokens),
+        ])  # fmt: skip
+    return rows
+
+
+def budget_table(report: BudgetReport) -> Table:
+    """One row per budget line and cap: window, reset time, money in dollars, and a bar."""
+    from rich.table import Table
+
+    ref = report.policy
+    table = Table(
+        title=f"budgets of {ref.name} revision {ref.revision} ({report.ledger})",
+        caption=None if report.scopes else "the policy has no budget lines",
+    )
+    for head in ("line", "window", "resets"):
+        table.add_column(head)
+    for head in ("spent", "reserved", "cap", "left"):
+        table.add_column(head, justify="right")
+    table.add_column("spent+reserved of cap")
+    for scope in report.scopes:
+        for i, cells in enumerate(_measures(scope)):
+            named = [scope.id, scope.window, _resets(scope)] if i == 0 else ["", "", ""]
+            table.add_row(*named, *cells)
+    return table
+
+
+def print_budget(report: BudgetReport) -> None:
+    out = console()
+    out.print(budget_table(report))
+    check = report.check
+    if check is not None:
+        verdict = "fits" if check.admitted else "refused"
+        out.print(
+            f"check {check.model}: {verdict} {check.code}: {check.message} "
+            f"({check.input_tokens:,} input tokens, {check.token_method})",
+            soft_wrap=True,
+        )
+
+
+# -- rolegate audit --------------------------------------------------------------------------
+
+
+def add_audit_filters(p: argparse.ArgumentParser) -> None:
+    """The filters of `rolegate audit`. Audit records name no process or session, so there
+    is no filter by either."""
+    p.add_argument("--since", help="7d, 12h, 30m or an ISO date/time (default: no bound)")
+    p.add_argument("--until", help="same forms (default: now)")
+    p.add_argument("--kind", help="decision, call, escalation, consent, ...")
+    p.add_argument("--job", help="records of this job only")
+    p.add_argument("--code", help="records with this code only (OK, ROUTED, BUDGET_EXHAUSTED...)")
+    p.add_argument("--limit", type=count, default=50, help="newest records to print (default 50)")
+
+
+def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, object]]:
+    """The newest ``--limit`` records (newest first) that pass the filters."""
+    from rolegate.engine.reports import NO_SINCE, select_audit
+    from rolegate.ledger.records import to_us
+
+    filters = (args.since, args.until, args.kind, args.job, args.code)
+    if all(value is None for value in filters):
+        return list(ledger.recent_audit(args.limit))
+    since, until = window(args.since, args.until)
+    rows = ledger.audit_rows_between(
+        NO_SINCE if since is None else to_us(since),
+        None if until is None else to_us(until),
+        args.kind,
+    )
+    return select_audit(rows, job=args.job, code=args.code, limit=args.limit)
