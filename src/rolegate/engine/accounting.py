@@ -98,12 +98,7 @@ async def reserve(
 async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> None:
     """Commit what was used (real usage, worst case if unreported, partial on a break),
     or release a call that produced nothing; the call's audit record goes in the same
-    transaction."""
-    ledger = store.ledger
-    if ledger is None or not call.reserved:
-        return
-    now = store.clock()
-    result, partial, chunks = outcome.result, outcome.partial, outcome.chunks
+    transaction. The store's observers see the record first, with or without a ledger."""
     record = {
         **call.context,
         "kind": "call",
@@ -114,8 +109,20 @@ async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> 
         "code": outcome.code,
         "ms": round(outcome.elapsed_s * 1000, 3),
     }
-    if result is None and partial is None and chunks == 0:
+    used = _usage(call, outcome)
+    if used is None:
         record.update(input_tokens=call.input_tokens, output_tokens=0, cost_micro=0)
+        store.observe({**record, "released": True})
+    else:
+        inp, out = used
+        cost = call.info.worst_case_cost_micro(inp, out)
+        record.update(input_tokens=inp, output_tokens=out, cost_micro=cost)
+        store.observe(record)
+    ledger = store.ledger
+    if ledger is None or not call.reserved:
+        return
+    now = store.clock()
+    if used is None:
         try:
             await anyio.to_thread.run_sync(
                 lambda: ledger.release(call.request_id, now, audit=record)
@@ -126,15 +133,6 @@ async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> 
         else:
             store.delivered(record)
         return
-    if result is not None and result.output_tokens is not None:
-        inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
-        out = result.output_tokens
-    elif result is not None:
-        inp, out = call.input_tokens, call.max_output  # no usage reported: worst case
-    else:
-        inp, out = call.input_tokens, max(partial or 0, chunks)
-    cost = call.info.worst_case_cost_micro(inp, out)
-    record.update(input_tokens=inp, output_tokens=out, cost_micro=cost)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             await anyio.to_thread.run_sync(
@@ -150,6 +148,19 @@ async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> 
         else:
             store.delivered(record)
             return
+
+
+def _usage(call: Call, outcome: Outcome) -> tuple[int, int] | None:
+    """(input, output) tokens to charge; None for a call that produced nothing (released)."""
+    result, partial, chunks = outcome.result, outcome.partial, outcome.chunks
+    if result is None and partial is None and chunks == 0:
+        return None
+    if result is not None and result.output_tokens is not None:
+        inp = result.input_tokens if result.input_tokens is not None else call.input_tokens
+        return inp, result.output_tokens
+    if result is not None:
+        return call.input_tokens, call.max_output  # no usage reported: worst case
+    return call.input_tokens, max(partial or 0, chunks)
 
 
 def spool_charge(

@@ -4,13 +4,16 @@ Every read and write runs in a worker thread, never on the event loop (a ledger 
 wait on a lock, an fsync or the network). With a ledger, decisions and task state live in
 it, shared by every process that opens it; without one they are kept in memory and spend
 is not counted. Audit records, once durable, go to the plugins' audit sinks.
+
+Observers (the server's metrics) see every call and decision record as it happens, with or
+without a ledger: they count what happened on this process, not what was made durable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -20,12 +23,21 @@ from rolegate.engine.spool import Spool, spool_dir_for
 from rolegate.errors import LedgerError
 from rolegate.ledger.base import Ledger, WorkStore
 from rolegate.ledger.memory import MemoryWork
+from rolegate.logs import get_logger
 from rolegate.policy import BudgetSnapshot, Policy
 from rolegate.policy.budget import utcnow
 from rolegate.policy.decision import NO_USAGE
 
 T = TypeVar("T")
 SWEEP_EVERY_S = 60.0
+log = get_logger()
+
+Observer = Callable[[Mapping[str, object]], None]
+"""Sees each event as it happens, with or without a ledger: the ``call`` record of every
+settled provider call (``accounting.settle``; a call that produced nothing and was released
+also carries ``released: True``) and the ``decision`` record of every route_task. Records
+hold ids, names from the policy, codes and figures, never text. An observer runs on the
+request path: it must be quick; if it raises, the error is logged and the call goes on."""
 
 
 class UsageSource(Protocol):
@@ -57,11 +69,14 @@ class Store:
         ledger: Ledger | None = None,
         clock: Callable[[], datetime] = utcnow,
         sinks: AuditSink | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.policy = policy
         self.ledger = ledger
         self.clock = clock
         self.sinks = sinks
+        # Empty by default; the server adds its metrics (``server.app.build_server``).
+        self.observers: list[Observer] = list(observers)
         self.usage: UsageSource = ledger if ledger is not None else NoUsage()
         self.work: WorkStore = ledger if ledger is not None else MemoryWork()
         self.spool = Spool(spool_dir_for(ledger)) if ledger is not None else None
@@ -99,6 +114,7 @@ class Store:
         )
         if durable_audit is not None:
             self._deliver(durable_audit)
+        self.observe(audit)
 
     async def get_decision(self, decision_id: str) -> dict[str, object] | None:
         work = self.work
@@ -243,6 +259,16 @@ class Store:
     def delivered(self, record: Mapping[str, object]) -> None:
         """A record the ledger wrote in another transaction (a call's settle): to the sinks."""
         self._deliver(record)
+
+    def observe(self, record: Mapping[str, object]) -> None:
+        """Hand an event to the observers (see ``Observer``); one that fails is logged by
+        its error type only, and never fails the call."""
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception as exc:  # noqa: BLE001 - an observer must never fail a paid call
+                kind = record.get("kind")
+                log.warning("observer_failed", kind=kind, error_type=type(exc).__name__)
 
     def _deliver(self, record: Mapping[str, object]) -> None:
         if self.sinks is not None:

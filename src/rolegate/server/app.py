@@ -6,7 +6,8 @@ and run_role's Resolve parameter refers to a local resolver.)
 Tool functions are thin: they turn flat, typed arguments into the engine's typed requests
 and raise on failure; ``boundary.GatedServer`` is the single place where errors become MCP
 tool errors (``isError`` with ``CODE: sentence``). The server's lifespan closes the provider
-clients (and the ledger, when the server opened it).
+clients (and the ledger, when the server opened it). Every server has its own metrics
+(``server/metrics.py``, in its own registry), served at ``GET /metrics`` by the HTTP transport.
 """
 
 import inspect
@@ -40,6 +41,7 @@ from rolegate.policy.limits import (
 from rolegate.server.boundary import GatedServer, ok
 from rolegate.server.caller import McpCaller
 from rolegate.server.consent import ConsentForm, consent_from, make_resolver
+from rolegate.server.metrics import METRICS_PATH, GenAiSpans, Metrics, metrics_endpoint
 from rolegate.server.resources import add_resources
 
 KEYWORD_ONLY = Parameter.KEYWORD_ONLY
@@ -125,6 +127,7 @@ def build_server(engine: PolicyEngine, *, close_ledger: bool = False) -> MCPServ
         lifespan=lifespan,
     )
     server.policy_hash = lambda: engine.policy.hash
+    _add_metrics(server, engine)
     _add_route_task(server, engine)
     _add_run_role(server, engine)
     _add_check_budget(server, engine)
@@ -132,6 +135,17 @@ def build_server(engine: PolicyEngine, *, close_ledger: bool = False) -> MCPServ
     server.inline_output_schemas()
     add_resources(server, engine)
     return server
+
+
+def _add_metrics(server: GatedServer, engine: PolicyEngine) -> None:
+    """This server's metrics: fed by the boundary and by the engine's observer hook (call
+    and decision events, ledger or not), served at /metrics (behind the same bearer token
+    and Host/Origin checks as /mcp), and GenAI spans when OpenTelemetry is configured."""
+    metrics = Metrics(engine)
+    server.observer = metrics
+    engine.store.observers += [metrics.observe, GenAiSpans(engine.policy).observe]
+    endpoint = metrics_endpoint(metrics, lambda: server.http_security)
+    server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)(endpoint)
 
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)

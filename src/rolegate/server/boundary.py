@@ -6,7 +6,8 @@ arguments a tool does not declare. ``GatedServer.call_tool`` sits where the SDK 
 every ``tools/call``: it refuses unknown tools and unknown arguments, turns validation
 failures into INVALID_ARGUMENT naming the fields (never their values), a RolegateError
 raised by a tool into its own code and sentence, and anything else into INTERNAL_ERROR.
-It also writes the one log line per call (ids, codes, counts, timing; never text).
+It also writes the one log line per call (ids, codes, counts, timing; never text), and
+tells its observer (the server's metrics) each call's tool, code, refusal and time.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
 
 from rolegate.engine.text import encodable
-from rolegate.errors import Code, RolegateError
+from rolegate.errors import Code, RefusedError, RolegateError
 from rolegate.logs import get_logger
 
 log = get_logger()
@@ -67,10 +70,37 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+class ToolObserver(Protocol):
+    def tool_call(self, tool: str, code: str, refused: bool, elapsed_s: float) -> None:
+        """``tool``: a registered tool's name, or ``(unknown)``; ``code``: ``OK`` or the
+        error's code; ``refused``: the policy refused the call (see ``_refused``)."""
+
+
+UNKNOWN_TOOL_LABEL = "(unknown)"
+SDK_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+"""Binds the SDK protects with its own Host/Origin settings when it is given none."""
+
+
 class GatedServer(MCPServer):
     """An MCPServer whose tool calls all pass through one boundary."""
 
     policy_hash: Callable[[], str] = staticmethod(lambda: "")
+    observer: ToolObserver | None = None
+    # The Host/Origin settings of the last HTTP app built, for routes beside /mcp.
+    http_security: TransportSecuritySettings | None = None
+
+    def streamable_http_app(self, **kwargs: Any) -> Starlette:
+        """The SDK's app; remembers its Host/Origin settings for ``/metrics``. Without
+        settings, the SDK protects loopback binds with its own; so does this."""
+        security = kwargs.get("transport_security")
+        if security is None and kwargs.get("host", "127.0.0.1") in SDK_LOOPBACK:
+            security = TransportSecuritySettings(
+                enable_dns_rebinding_protection=True,
+                allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+                allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+            )
+        self.http_security = security
+        return super().streamable_http_app(**kwargs)
 
     def inline_output_schemas(self) -> None:
         """Publish every tool's output schema with its ``$defs`` inlined: the same schema,
@@ -87,20 +117,28 @@ class GatedServer(MCPServer):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         started = time.perf_counter()
-        result = await self._gate(name, arguments, context)
+        result, refused = await self._gate(name, arguments, context)
         if isinstance(result, CallToolResult):
-            # An unknown tool's name is the caller's text: it is never logged.
-            logged = name if self._tool_manager.get_tool(name) is not None else "(unknown)"
-            _log_call(logged, result, self.policy_hash(), time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            # An unknown tool's name is the caller's text: it is never logged or counted.
+            known = self._tool_manager.get_tool(name) is not None
+            logged = name if known else UNKNOWN_TOOL_LABEL
+            _log_call(logged, result, self.policy_hash(), elapsed)
+            if self.observer is not None:
+                code = _error_code(result) if result.is_error else "OK"
+                self.observer.tool_call(logged, code, refused, elapsed)
         return result
 
     async def _gate(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None
-    ) -> CallToolResult | InputRequiredResult:
+    ) -> tuple[CallToolResult | InputRequiredResult, bool]:
+        """The call's result, and whether the policy refused it."""
         tool = self._tool_manager.get_tool(name)
         if tool is None:
             known = ", ".join(t.name for t in self._tool_manager.list_tools())
-            return failure(Code.UNKNOWN_TOOL, f"there is no such tool; the tools are {known}")
+            return failure(
+                Code.UNKNOWN_TOOL, f"there is no such tool; the tools are {known}"
+            ), False
         declared = set(tool.parameters.get("properties", {}))
         unknown = sorted(set(arguments) - declared)
         if unknown:
@@ -108,11 +146,11 @@ class GatedServer(MCPServer):
             return failure(
                 Code.INVALID_ARGUMENT,
                 f"{name} has no argument(s) {shown}; it takes {', '.join(sorted(declared))}",
-            )
+            ), False
         try:
-            return await super().call_tool(name, arguments, context)
+            return await super().call_tool(name, arguments, context), False
         except ToolError as exc:  # UnexpectedToolError is a ToolError too
-            return _from_tool_error(name, exc)
+            return _from_tool_error(name, exc), _refused(exc.__cause__)
         except MCPError as exc:
             # Raised through a resolver when the client fails the consent question (an error
             # answer, or a form it cannot show): nobody consented.
@@ -121,7 +159,23 @@ class GatedServer(MCPServer):
                 Code.NEEDS_CONSENT,
                 "the client could not answer the consent question this call needs; answer it, "
                 "or use a client that supports form elicitation",
-            )
+            ), True
+
+
+def _refused(cause: BaseException | None) -> bool:
+    """A refusal is the policy saying no (a RefusedError: BUDGET_EXHAUSTED,
+    LOCAL_ONLY_VIOLATION, NEEDS_CONSENT, MODEL_COLD, ...), or input too large (OVER_BUDGET);
+    not a malformed request, a failed provider or a crash."""
+    if isinstance(cause, RefusedError):
+        return True
+    return isinstance(cause, RolegateError) and cause.code is Code.OVER_BUDGET
+
+
+def _error_code(result: CallToolResult) -> str:
+    """The code of a ``CODE: sentence`` tool error."""
+    first = result.content[0] if result.content else None
+    text = first.text if isinstance(first, TextContent) else ""
+    return text.split(":", 1)[0] or str(Code.INTERNAL_ERROR)
 
 
 def _from_tool_error(tool: str, exc: ToolError) -> CallToolResult:
@@ -170,10 +224,7 @@ def _plain(err: Any) -> str:
 def _log_call(tool: str, result: CallToolResult, hash_: str, elapsed_s: float) -> None:
     ms = round(elapsed_s * 1000, 3)
     if result.is_error:
-        first = result.content[0] if result.content else None
-        text = first.text if isinstance(first, TextContent) else ""
-        code = text.split(":", 1)[0] or str(Code.INTERNAL_ERROR)
-        log.info("tool_call", tool=tool, outcome=code, policy_hash=hash_, ms=ms)
+        log.info("tool_call", tool=tool, outcome=_error_code(result), policy_hash=hash_, ms=ms)
         return
     data = result.structured_content or {}
     log.info(

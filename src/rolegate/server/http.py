@@ -113,7 +113,10 @@ def transport_security(
 
 
 class BearerAuth:
-    """Pure-ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches."""
+    """Pure-ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches.
+
+    It wraps the whole app, so every path needs the token: ``/mcp`` and ``/metrics`` alike
+    (a Prometheus scrape config sends it with ``authorization: {credentials_file: ...}``)."""
 
     def __init__(self, app: Any, token: str) -> None:
         self.app = app
