@@ -279,13 +279,16 @@ def print_budget(report: BudgetReport) -> None:
 
 
 def add_audit_filters(p: argparse.ArgumentParser) -> None:
-    """The filters of `rolegate audit`. Audit records name no process or session, so there
-    is no filter by either."""
+    """The filters of `rolegate audit`. Records name their server process (over stdio, one
+    MCP window); they name no MCP session, so there is no filter by session."""
     p.add_argument("--since", help="7d, 12h, 30m or an ISO date/time (default: no bound)")
     p.add_argument("--until", help="same forms (default: now)")
     p.add_argument("--kind", help="decision, call, escalation, consent, ...")
     p.add_argument("--job", help="records of this job only")
     p.add_argument("--code", help="records with this code only (OK, ROUTED, BUDGET_EXHAUSTED...)")
+    p.add_argument(
+        "--process", help="one server process's records: its pid, or the record's whole 'process'"
+    )
     p.add_argument("--limit", type=count, default=50, help="newest records to print (default 50)")
 
 
@@ -294,7 +297,7 @@ def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, ob
     from rolegate.engine.reports import NO_SINCE, select_audit
     from rolegate.ledger.records import to_us
 
-    filters = (args.since, args.until, args.kind, args.job, args.code)
+    filters = (args.since, args.until, args.kind, args.job, args.code, args.process)
     if all(value is None for value in filters):
         return list(ledger.recent_audit(args.limit))
     since, until = window(args.since, args.until)
@@ -303,4 +306,4 @@ def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, ob
         None if until is None else to_us(until),
         args.kind,
     )
-    return select_audit(rows, job=args.job, code=args.code, limit=args.limit)
+    return select_audit(rows, job=args.job, code=args.code, process=args.process, limit=args.limit)

@@ -14,9 +14,8 @@ from datetime import datetime
 
 import anyio
 
-from rolegate.engine.store import Store
+from rolegate.engine.store import PROCESS, Store
 from rolegate.errors import Code, LedgerError
-from rolegate.ledger.base import default_owner
 from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult
 from rolegate.policy import Policy
@@ -24,7 +23,7 @@ from rolegate.policy.compiled import ModelInfo
 from rolegate.topology.residency import LoadReport
 
 log = get_logger()
-OWNER = default_owner()
+OWNER = PROCESS  # the reservations' owner is the audit trail's process
 COMMIT_ATTEMPTS = 3
 
 
@@ -102,6 +101,7 @@ async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> 
     record = {
         **call.context,
         "kind": "call",
+        "process": OWNER,
         "request_id": call.request_id,
         "model": call.info.id,
         "provider": call.info.model.provider,

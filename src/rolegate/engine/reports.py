@@ -228,13 +228,22 @@ def select_audit(
     *,
     job: str | None = None,
     code: str | None = None,
+    process: str | None = None,
     limit: int,
 ) -> list[Mapping[str, object]]:
     """The newest ``limit`` records (newest first) of those, in write order, whose job and
-    code are the ones given (a filter left None matches every record)."""
+    code are the ones given and whose process is ``process`` or starts with it and a colon
+    (a pid picks that process's records); a filter left None matches every record."""
     kept = [
         record
         for _, record in rows
-        if job in (None, record.get("job")) and code in (None, record.get("code"))
+        if job in (None, record.get("job"))
+        and code in (None, record.get("code"))
+        and (process is None or _of_process(record, process))
     ]
     return list(reversed(kept))[:limit]
+
+
+def _of_process(record: Mapping[str, object], process: str) -> bool:
+    found = record.get("process")
+    return isinstance(found, str) and (found == process or found.startswith(process + ":"))

@@ -21,7 +21,7 @@ import anyio
 
 from rolegate.engine.spool import Spool, spool_dir_for
 from rolegate.errors import LedgerError
-from rolegate.ledger.base import Ledger, WorkStore
+from rolegate.ledger.base import Ledger, WorkStore, default_owner
 from rolegate.ledger.memory import MemoryWork
 from rolegate.logs import get_logger
 from rolegate.policy import BudgetSnapshot, Policy
@@ -29,6 +29,9 @@ from rolegate.policy.budget import utcnow
 from rolegate.policy.decision import NO_USAGE
 
 T = TypeVar("T")
+#: This process in the audit trail (``pid:host:uuid``), as its reservations name their owner:
+#: `rolegate audit --process` picks one server's records (one MCP window over stdio).
+PROCESS = default_owner()
 SWEEP_EVERY_S = 60.0
 log = get_logger()
 
@@ -106,7 +109,7 @@ class Store:
     ) -> None:
         """Store the decision with its audit record in one transaction (ids, no text)."""
         work, now = self.work, self.clock()
-        durable_audit = audit if self.ledger is not None else None
+        durable_audit = {**audit, "process": PROCESS} if self.ledger is not None else None
         await self._off_loop(
             lambda: work.put_decision(
                 decision_id=decision_id, record=record, now=now, audit=durable_audit
@@ -227,7 +230,7 @@ class Store:
         """Record a move up the ladder with its audit record, in one transaction; False
         (nothing written) when another call moved the role first."""
         work, now, policy_hash = self.work, self.clock(), self.policy.hash
-        durable_audit = audit if self.ledger is not None else None
+        durable_audit = {**audit, "process": PROCESS} if self.ledger is not None else None
         recorded = await self._off_loop(
             lambda: work.record_escalation(
                 task_id=task_id,
@@ -253,6 +256,7 @@ class Store:
         ledger = self.ledger
         if ledger is None:
             return
+        record = {**record, "process": PROCESS}
         await self._off_loop(lambda: ledger.audit(record))
         self._deliver(record)
 
