@@ -5,6 +5,7 @@
 #  - ollama-proxy-plus from PyPI (a third-party Ollama-protocol server) in its own venv
 #  - a private PostgreSQL cluster from Debian's packages (for the shared-ledger tests)
 #  - the MCP Inspector CLI from npm
+#  - Debian's Chromium, headless (the dashboard's browser test)
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,12 @@ if [ -z "${ROLEGATE_INSPECTOR:-}" ] && [ -f scripts/setup_inspector.sh ]; then
   echo "== setup: MCP Inspector CLI"
   ROLEGATE_INSPECTOR="$(bash scripts/setup_inspector.sh | tail -n1)"
   export ROLEGATE_INSPECTOR
+fi
+
+if [ -z "${ROLEGATE_CHROMIUM:-}" ]; then
+  echo "== setup: Chromium (headless, for the dashboard test)"
+  eval "$(bash scripts/setup_chromium.sh | grep -E '^CHROMIUM=')"
+  export ROLEGATE_CHROMIUM="$CHROMIUM"
 fi
 
 echo "== ruff"; "$VENV/bin/ruff" check src tests benchmarks examples

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rolegate import __version__
+from rolegate.cli.dashboard import add_dashboard
 from rolegate.cli.evals import add_evals
 from rolegate.cli.replay import add_replay
 from rolegate.cli.report import add_audit_filters, add_report
@@ -284,6 +285,7 @@ def _add_tools(sub: Any) -> None:
     _add_serve(sub.add_parser("serve", help="run the MCP server (stdio by default)"))
     add_topology(sub)
     add_evals(sub)
+    add_dashboard(sub)
     add_replay(sub)
     add_report(sub)
 

@@ -41,6 +41,7 @@ from rolegate.policy.limits import (
 from rolegate.server.boundary import GatedServer, ok
 from rolegate.server.caller import McpCaller
 from rolegate.server.consent import ConsentForm, consent_from, make_resolver
+from rolegate.server.dashboard import dashboard_routes
 from rolegate.server.metrics import METRICS_PATH, GenAiSpans, Metrics, metrics_endpoint
 from rolegate.server.resources import add_resources
 
@@ -128,6 +129,7 @@ def build_server(engine: PolicyEngine, *, close_ledger: bool = False) -> MCPServ
     )
     server.policy_hash = lambda: engine.policy.hash
     _add_metrics(server, engine)
+    _add_dashboard(server, engine)
     _add_route_task(server, engine)
     _add_run_role(server, engine)
     _add_check_budget(server, engine)
@@ -364,3 +366,10 @@ def _add_escalate(server: MCPServer, engine: PolicyEngine) -> None:
             title="Escalate",
         ),
     )
+
+
+def _add_dashboard(server: GatedServer, engine: PolicyEngine) -> None:
+    """GET /dashboard and /dashboard.json: behind the same bearer token (BearerAuth wraps
+    the whole app in serve.py) and Host/Origin checks as /mcp."""
+    for route in dashboard_routes(engine, security=lambda: server.http_security):
+        server.custom_route(route.path, methods=["GET"], include_in_schema=False)(route.endpoint)
