@@ -7,7 +7,6 @@ figure with bars matching the ledger, and its screenshot must show them."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -551,18 +550,9 @@ def _unfilter_slow(kind: int, row: list[int], prior: list[int], bpp: int) -> np.
 
 # -- rolegate dashboard -----------------------------------------------------------------------
 
-CLI = """
-import argparse, sys
-from rolegate.cli.dashboard import add_dashboard
-parser = argparse.ArgumentParser(prog="rolegate")
-add_dashboard(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
-
 
 def dashboard_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", CLI, "dashboard", *args]
+    return [sys.executable, "-m", "rolegate", "dashboard", *args]
 
 
 def test_the_command_serves_a_local_ledger_on_loopback(seeded: Seeded, tmp_path: Path) -> None:
@@ -606,11 +596,9 @@ def test_the_command_listens_on_loopback_only(tmp_path: Path) -> None:
 
 
 def test_the_parser(tmp_path: Path) -> None:
-    from rolegate.cli.dashboard import add_dashboard
+    from rolegate.cli import parse_args
 
-    parser = argparse.ArgumentParser()
-    add_dashboard(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["dashboard"])
+    args = parse_args(["dashboard"])
     assert (args.host, args.port, args.open, args.policy, args.ledger) == (
         "127.0.0.1", 8766, False, None, None)  # fmt: skip
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from mcp.server.transport_security import TransportSecurityMiddleware
 from starlette.requests import Request
 from uvicorn.server import ServerState
 
-from rolegate.cli import build_parser
+from rolegate.cli import parse_args
 from rolegate.server.http import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_S,
@@ -473,16 +474,18 @@ def test_request_body_is_bounded_at_8_mib(tmp_path: Path) -> None:
 
 
 def test_cli_help_states_the_defaults_http_py_uses() -> None:
-    parser = build_parser()
-    args = parser.parse_args(["serve"])
+    args = parse_args(["serve"])
     assert args.allow_host == []
     assert (args.header_timeout, args.keep_alive_timeout, args.max_connections) == (None,) * 3
-    serve_parser: Any = next(
-        action.choices["serve"]
-        for action in parser._actions
-        if isinstance(getattr(action, "choices", None), dict) and "serve" in action.choices
+    shown = subprocess.run(
+        [sys.executable, "-m", "rolegate", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "400"},  # one line per option: no wrapped phrases
     )
-    text = " ".join(serve_parser.format_help().split())
+    text = " ".join(shown.stdout.split())
     assert f"(default: {DEFAULT_HEADER_TIMEOUT_S:g})" in text
     assert f"(default: {DEFAULT_KEEP_ALIVE_S})" in text
     assert f"(default: {DEFAULT_MAX_CONNECTIONS})" in text

@@ -9,16 +9,12 @@ import threading
 import webbrowser
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-DESCRIPTION = """\
-Serve the dashboard on this machine only: spend per day against each budget cap, decisions
-by outcome and code, calls and spend per model, recent escalations and fallbacks, and the
-active policy (hash, roles, models, what is resident), from the ledger's audit trail. The
-page redraws itself every 30 seconds; /dashboard.json has the same figures. The audit
-trail holds no prompt or completion text, and neither does the page. To see a server's
-dashboard from elsewhere, use `rolegate serve --transport http` (behind its bearer token).
-"""
+import typer
+
+from rolegate.cli.common import BlockOpt, Call, LedgerOpt, PolicyOpt, later, repeated
+
 DEFAULT_PORT = 8766
 
 
@@ -89,20 +85,24 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_dashboard(sub: Any) -> None:
-    """Register `rolegate dashboard` on the command's subparsers."""
-    p = sub.add_parser(
-        "dashboard",
-        help="serve the dashboard (spend against caps, decisions, models, escalations, the "
-        "policy) for a local ledger on loopback",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--policy", help="policy file (default: the embedded policy)")
-    p.add_argument("--ledger", help="ledger URL (default: the policy's, else the SQLite file)")
-    p.add_argument("--host", default="127.0.0.1", help="a loopback address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--open", action="store_true", help="open the page in the default browser")
-    p.add_argument("--block", action="append", default=[], help="block a plugin by name")
-    p.add_argument("--log-level", default="WARNING")
-    p.set_defaults(func=_cmd_dashboard)
+def dashboard(
+    policy: PolicyOpt = None,
+    ledger: LedgerOpt = None,
+    host: Annotated[str, typer.Option(help="a loopback address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = DEFAULT_PORT,
+    open: Annotated[
+        bool, typer.Option("--open", help="open the page in the default browser")
+    ] = False,
+    block: BlockOpt = None,
+    log_level: Annotated[str, typer.Option()] = "WARNING",
+) -> Call:
+    """Serve the dashboard of a local ledger on loopback (spend, decisions, models, policy).
+
+    Serve the dashboard on this machine only: spend per day against each budget cap,
+    decisions by outcome and code, calls and spend per model, recent escalations and
+    fallbacks, and the active policy (hash, roles, models, what is resident), from the
+    ledger's audit trail. The page redraws itself every 30 seconds; /dashboard.json has the
+    same figures. The audit trail holds no prompt or completion text, and neither does the
+    page. To see a server's dashboard from elsewhere, use `rolegate serve --transport http`
+    (behind its bearer token)."""
+    return later(_cmd_dashboard, {**locals(), "block": repeated(block)})

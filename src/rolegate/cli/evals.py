@@ -7,12 +7,18 @@ import argparse
 import json
 import sys
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import anyio
+import typer
 
+from rolegate.cli.common import BlockOpt, Call, Format, LedgerOpt, PolicyOpt, later, repeated
 from rolegate.policy import Policy, load_default_policy, load_policy
 
+#: What `run_suite` calls after each case: (cases done, cases in all, the judged case).
+OnCase = Callable[[int, int, Any], None]
 #: Exit code when some cases could not be judged (a refusal or a failed call).
 NOT_ALL_JUDGED = 4
 
@@ -21,14 +27,44 @@ def _policy(path: str | None) -> Policy:
     return load_default_policy() if path is None else load_policy(path)
 
 
-def _progress(done: int, total: int, judged: Any) -> None:
+def _line(done: int, total: int, judged: Any) -> str:
     row = judged.row
     shown = row.outcome.upper() + (f" {row.code}" if row.code else "")
     ms = "" if row.latency_ms is None else f"{row.latency_ms:,.0f} ms"
     why = f"  ({judged.reason})" if judged.reason and row.outcome != "pass" else ""
     width = len(str(total))
-    print(f"[{done:>{width}}/{total}] {row.model}  {row.case_id}  {shown}  {ms}{why}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    return f"[{done:>{width}}/{total}] {row.model}  {row.case_id}  {shown}  {ms}{why}"
+
+
+def _progress(done: int, total: int, judged: Any) -> None:
+    print(_line(done, total, judged), file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _reporting(quiet: bool) -> Iterator[OnCase | None]:
+    """Per-case progress on stderr: a rich bar on a terminal (cases that did not pass are
+    still listed above it), else one line per case, which logs and scripts can read."""
+    if quiet:
+        yield None
+        return
+    if not sys.stderr.isatty():
+        yield _progress
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("eval", total=None)
+
+        def advance(done: int, total: int, judged: Any) -> None:
+            row = judged.row
+            bar.update(task, completed=done, total=total,
+                       description=f"{row.model} {row.case_id}")  # fmt: skip
+            if row.outcome != "pass":
+                bar.console.print(_line(done, total, judged), markup=False, highlight=False)
+
+        yield advance
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -51,16 +87,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"eval {run_id}: suite {suite.name} ({len(suite.cases)} cases) x {len(models)} "
           f"model(s) {', '.join(models)}, role {args.role}", file=sys.stderr)  # fmt: skip
 
-    async def go() -> Any:
+    async def go(progress: OnCase | None) -> Any:
         try:
             return await run_suite(engine, ledger, suite, registry.checkers, role=args.role,
                                    models=models, job=args.job, run_id=run_id,
-                                   progress=None if args.quiet else _progress)  # fmt: skip
+                                   progress=progress)  # fmt: skip
         finally:
             await engine.aclose()
 
     try:
-        outcome = anyio.run(go)
+        with _reporting(args.quiet) as progress:
+            outcome = anyio.run(go, progress)
     except KeyboardInterrupt:
         print(f"interrupted: the results so far are stored under {run_id} "
               f"(rolegate evidence --run {run_id})", file=sys.stderr)  # fmt: skip
@@ -139,31 +176,45 @@ def _show_evidence(policy: Policy, ledger: Any, suites: list[str] | None, fmt: s
     return 0
 
 
-def add_evals(sub: Any) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="run an eval suite on a role's candidate models through the normal run path; "
-        "results go to the ledger (exit 4 when some cases could not be judged)",
-    )
-    p.add_argument("suite", help="suite file (YAML or JSON), e.g. examples/evals/math.yaml")
-    p.add_argument("--role", required=True, help="the role whose prompt path the cases use")
-    p.add_argument("--models", action="append", help="a,b,c (default: the role's model and "
-                   "candidates)")  # fmt: skip
-    p.add_argument("--job", help="run under this job (its allowlist, budgets, local_only)")
-    p.add_argument("--policy", help="policy file (default: the embedded policy)")
-    p.add_argument("--ledger", help="ledger URL (default: the policy's, else the SQLite file)")
-    p.add_argument("--block", action="append", default=[], help="block a plugin by name")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--log-level", default="WARNING", help="rolegate's logs on stderr")
-    p.set_defaults(func=_cmd_eval)
+def eval_(
+    suite: Annotated[
+        str, typer.Argument(help="suite file (YAML or JSON), e.g. examples/evals/math.yaml")
+    ],
+    role: Annotated[str, typer.Option(help="the role whose prompt path the cases use")],
+    models: Annotated[
+        list[str] | None,
+        typer.Option(help="a,b,c (repeatable; default: the role's model and candidates)"),
+    ] = None,
+    job: Annotated[
+        str | None, typer.Option(help="run under this job (its allowlist, budgets, local_only)")
+    ] = None,
+    policy: PolicyOpt = None,
+    ledger: LedgerOpt = None,
+    block: BlockOpt = None,
+    format: Format = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress on stderr")] = False,
+    log_level: Annotated[str, typer.Option(help="rolegate's logs on stderr")] = "WARNING",
+) -> Call:
+    """Run an eval suite on a role's candidate models, results to the ledger (exit 4: unjudged).
 
-    p = sub.add_parser(
-        "evidence", help="the quality evidence in the ledger, per suite and model, or one run"
-    )
-    p.add_argument("--policy", help="policy file (default: the embedded policy)")
-    p.add_argument("--ledger", help="ledger URL")
-    p.add_argument("--suite", action="append", help="only this suite (repeatable)")
-    p.add_argument("--run", help="one eval run's results (its id, printed by `rolegate eval`)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.set_defaults(func=_cmd_evidence)
+    Each case runs through the normal run path; exit 4 when some cases could not be judged.
+    Progress goes to stderr: a progress bar on a terminal, else one line per case."""
+    return later(_cmd_eval, {**locals(), "block": repeated(block)})
+
+
+def evidence(
+    policy: PolicyOpt = None,
+    ledger: Annotated[str | None, typer.Option(help="ledger URL")] = None,
+    suite: Annotated[list[str] | None, typer.Option(help="only this suite (repeatable)")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="one eval run's results (its id, printed by `rolegate eval`)")
+    ] = None,
+    format: Format = "table",
+) -> Call:
+    """The quality evidence in the ledger, per suite and model, or one run."""
+    return later(_cmd_evidence, {**locals(), "suite": suite or None})
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_)
+    app.command()(evidence)

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlsplit
 
+import typer
+
+from rolegate.cli.common import Call, LedgerOpt, SinceOpt, UntilOpt, later
 from rolegate.errors import Code, LedgerError, PolicyError, RequestError
 from rolegate.policy.budget import usd, utcnow
 
@@ -20,17 +23,6 @@ if TYPE_CHECKING:
 _SPAN = re.compile(r"(\d+)\s*([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FORMS = "use a span back from now (7d, 12h, 30m) or an ISO date/time (2025-03-01T12:00Z)"
-
-DESCRIPTION = """\
-Re-decide the route_task decisions recorded in the ledger under a new policy and print what
-would change: routes moved, refusals added or removed, cost per job/role/model/provider and
-per budget line of the new policy, and which of its budget caps would have been hit.
-
-It never calls a model and never writes to the ledger. The task text was never stored, so
-tasks are not classified again: each keeps its recorded intent. Runs are costed from their
-calls' real tokens at the new prices; decisions never run at their worst case (estimated).
-Budget windows count only the replayed period (spend before --since is not known).
-"""
 
 
 def parse_when(text: str, now: datetime, flag: str) -> datetime:
@@ -95,22 +87,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_replay(sub: Any) -> None:
-    """Register `rolegate replay` on the command's subparsers."""
-    p = sub.add_parser(
-        "replay",
-        help="what a policy change would have done to the recorded decisions (no model calls)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--policy", required=True, metavar="NEW.yaml", help="the new policy")
-    p.add_argument("--since", default="7d", help="7d, 12h, 30m or an ISO date/time (default 7d)")
-    p.add_argument("--until", help="same forms (default: now)")
-    p.add_argument("--ledger", help="ledger URL (default: the policy's, else the SQLite file)")
-    p.add_argument("--json", action="store_true", help="print the full report as JSON")
-    p.add_argument("--show", type=int, default=20, metavar="N",
-                   help="changed decisions to list (default 20; --json lists all)")  # fmt: skip
-    p.set_defaults(func=_cmd_replay)
+def replay(
+    policy: Annotated[str, typer.Option(metavar="NEW.yaml", help="the new policy")],
+    since: SinceOpt = "7d",
+    until: UntilOpt = None,
+    ledger: LedgerOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="print the full report as JSON")] = False,
+    show: Annotated[
+        int, typer.Option(metavar="N", help="changed decisions to list (--json lists all)")
+    ] = 20,
+) -> Call:
+    """What a policy change would have done to the recorded decisions (no model calls).
+
+    Re-decide the route_task decisions recorded in the ledger under a new policy and print
+    what would change: routes moved, refusals added or removed, cost per
+    job/role/model/provider and per budget line of the new policy, and which of its budget
+    caps would have been hit.
+
+    It never calls a model and never writes to the ledger. The task text was never stored,
+    so tasks are not classified again: each keeps its recorded intent. Runs are costed from
+    their calls' real tokens at the new prices; decisions never run at their worst case
+    (estimated). Budget windows count only the replayed period (spend before --since is not
+    known)."""
+    return later(_cmd_replay, locals())
 
 
 # -- text ----------------------------------------------------------------------------------

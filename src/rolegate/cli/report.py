@@ -6,16 +6,20 @@ scripts. Money is shown in dollars, never micro-dollars."""
 from __future__ import annotations
 
 import argparse
-import csv
+import csv as csv_text
 import io
-import json
+import json as json_text
 import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated
 
+import typer
+
+from rolegate.cli.common import Call, LedgerOpt, PolicyOpt, SinceOpt, UntilOpt, later
 from rolegate.cli.replay import _sqlite_file, parse_when
+from rolegate.engine.reports import By
 from rolegate.errors import Code, RequestError
 from rolegate.policy.budget import usd, utcnow
 
@@ -27,13 +31,6 @@ if TYPE_CHECKING:
     from rolegate.engine.results import BudgetReport, ScopeReport
     from rolegate.ledger import Ledger
 
-DESCRIPTION = """\
-Sum what the ledger's audit trail recorded in a window, per model, job, role, provider, day
-(UTC) or code: decisions, provider calls, input and output tokens, spend, refusals (decisions
-refused and calls that did not end OK), fallbacks (calls on a declared fallback), escalations
-(moves up a ladder), consents (granted/denied), and evaluation calls with their spend, kept
-apart from the rest. The audit trail holds no prompt or completion text.
-"""
 #: The table's width when stdout is no terminal and COLUMNS is unset (rich would take 80).
 _PIPE_WIDTH = 160
 _BAR = 20
@@ -62,13 +59,13 @@ def console() -> Console:
 
 
 def count(text: str) -> int:
-    """argparse type: an int >= 0."""
+    """A whole number >= 0 (--limit), refused as a bad argument otherwise."""
     try:
         value = int(text)
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+        raise typer.BadParameter(f"{text!r} is not a whole number >= 0")
     return value
 
 
@@ -108,7 +105,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json_text.dumps(report.as_dict(), indent=2))
     elif args.csv:
         sys.stdout.write(report_csv(report))
     else:
@@ -116,26 +113,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_report(sub: Any) -> None:
-    """Register `rolegate report` on the command's subparsers."""
-    from rolegate.engine.reports import BY
+def report(
+    since: SinceOpt = "7d",
+    until: UntilOpt = None,
+    by: Annotated[By, typer.Option(help="group by")] = "model",
+    policy: PolicyOpt = None,
+    ledger: LedgerOpt = None,
+    json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    csv: Annotated[bool, typer.Option("--csv", help="print the rows and a total as CSV")] = False,
+) -> Call:
+    """Spend, tokens, calls, refusals, fallbacks, escalations, consents from the audit trail.
 
-    p = sub.add_parser(
-        "report",
-        help="spend, tokens, calls, refusals, fallbacks, escalations and consents from the "
-        "audit trail, per model, job, role, provider, day or code",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--since", default="7d", help="7d, 12h, 30m or an ISO date/time (default 7d)")
-    p.add_argument("--until", help="same forms (default: now)")
-    p.add_argument("--by", choices=BY, default="model", help="group by (default: model)")
-    p.add_argument("--policy", help="policy file (default: the embedded policy)")
-    p.add_argument("--ledger", help="ledger URL (default: the policy's, else the SQLite file)")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print the report as JSON")
-    out.add_argument("--csv", action="store_true", help="print the rows and a total as CSV")
-    p.set_defaults(func=_cmd_report)
+    Sum what the ledger's audit trail recorded in a window, per model, job, role, provider,
+    day (UTC) or code: decisions, provider calls, input and output tokens, spend, refusals
+    (decisions refused and calls that did not end OK), fallbacks (calls on a declared
+    fallback), escalations (moves up a ladder), consents (granted/denied), and evaluation
+    calls with their spend, kept apart from the rest. The audit trail holds no prompt or
+    completion text."""
+    if json and csv:
+        # argparse's mutually exclusive group said it this way; scripts may match on it.
+        raise typer.BadParameter("not allowed with argument --json", param_hint="--csv")
+    return later(_cmd_report, locals())
 
 
 def _cells(tally: Tally) -> list[str]:
@@ -184,7 +182,7 @@ def report_csv(report: Report) -> str:
     from rolegate.engine.reports import dollars
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv_text.writer(buffer, lineterminator="\n")
     writer.writerow([report.by, *(name for name, _ in _COLUMNS)])
     for key, tally in [*report.rows, (TOTAL, report.total)]:
         figures: Mapping[str, object] = {
@@ -278,18 +276,50 @@ def print_budget(report: BudgetReport) -> None:
 # -- rolegate audit --------------------------------------------------------------------------
 
 
-def add_audit_filters(p: argparse.ArgumentParser) -> None:
-    """The filters of `rolegate audit`. Records name their server process (over stdio, one
-    MCP window); they name no MCP session, so there is no filter by session."""
-    p.add_argument("--since", help="7d, 12h, 30m or an ISO date/time (default: no bound)")
-    p.add_argument("--until", help="same forms (default: now)")
-    p.add_argument("--kind", help="decision, call, escalation, consent, ...")
-    p.add_argument("--job", help="records of this job only")
-    p.add_argument("--code", help="records with this code only (OK, ROUTED, BUDGET_EXHAUSTED...)")
-    p.add_argument(
-        "--process", help="one server process's records: its pid, or the record's whole 'process'"
-    )
-    p.add_argument("--limit", type=count, default=50, help="newest records to print (default 50)")
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from rolegate.engine.bootstrap import open_policy_ledger
+    from rolegate.policy import load_default_policy, load_policy
+
+    policy = load_default_policy() if args.policy is None else load_policy(args.policy)
+    ledger = open_policy_ledger(policy, args.ledger)
+    try:
+        records = read_audit(ledger, args)
+    finally:
+        ledger.close()
+    for record in records:
+        print(json_text.dumps(record, sort_keys=True, default=str))
+    return 0
+
+
+def audit(
+    policy: PolicyOpt = None,
+    ledger: Annotated[str | None, typer.Option(help="ledger URL")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="7d, 12h, 30m or an ISO date/time (default: no bound)")
+    ] = None,
+    until: UntilOpt = None,
+    kind: Annotated[
+        str | None, typer.Option(help="decision, call, escalation, consent, ...")
+    ] = None,
+    job: Annotated[str | None, typer.Option(help="records of this job only")] = None,
+    code: Annotated[
+        str | None,
+        typer.Option(help="records with this code only (OK, ROUTED, BUDGET_EXHAUSTED...)"),
+    ] = None,
+    process: Annotated[
+        str | None,
+        typer.Option(help="one server process's records: its pid, or the record's whole 'process'"),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(parser=count, metavar="<int>", help="newest records to print")
+    ] = 50,
+) -> Call:
+    """Recent audit records as JSON lines, newest first (ids, models, counts, codes; no text).
+
+    The newest audit records that pass every filter given, as JSON lines, newest first.
+    Records carry no process or session id, so there is no filter by either (a call's
+    reservation, not its record, names the process that made it)."""
+    return later(_cmd_audit, locals())
 
 
 def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, object]]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio
+import typer
 
+from rolegate.cli.common import Call, JsonOpt, PolicyOpt, later
 from rolegate.errors import ProviderError, RefusedError
 from rolegate.policy import Policy, load_default_policy, load_policy
 from rolegate.policy.topology_checks import server_address
-from rolegate.topology.residency import LoadReport, Residency
+from rolegate.topology.residency import TIERS, LoadReport, Residency
 from rolegate.topology.servers import Servers, ServerSpec, default_state_dir, rss_bytes
 
 
@@ -28,6 +30,29 @@ def _residency(policy: Policy, servers: Servers) -> tuple[Residency, Any]:
     return Residency(policy, servers, pool.client), pool
 
 
+def _wanted(policy: Policy, tier: str) -> list[str]:
+    """The models `up` loads: the tracked models of ``tier`` and the tiers above it, HOT
+    first, as `Residency.up` orders them (the CLI loads them one by one to say which one it
+    is waiting for: a server start or a model load can take minutes)."""
+    order = {"hot": 0, "warm": 1, "cold": 2}
+    models = policy.doc.models
+    chosen = (m for m in policy.managed if models[m].tier in TIERS[tier])
+    return sorted(chosen, key=lambda m: (order[models[m].tier], m))
+
+
+async def _load(
+    residency: Residency, mid: str, i: int, n: int
+) -> LoadReport | RefusedError | ProviderError:
+    spec = residency.specs.get(mid)
+    where = f" (port {spec.port})" if spec else ""
+    print(f"[{i}/{n}] waiting for {mid}{where} to be up and loaded...", file=sys.stderr,
+          flush=True)  # fmt: skip
+    try:
+        return await residency.load(mid)
+    except (RefusedError, ProviderError) as exc:
+        return exc
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     policy = _policy(args.policy)
     servers = Servers(default_state_dir())
@@ -35,10 +60,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     async def up() -> list[tuple[str, LoadReport | RefusedError | ProviderError]]:
         residency, pool = _residency(policy, servers)
         try:
-            return await residency.up(args.tier)
+            return [(mid, await _load(residency, mid, i, len(wanted)))
+                    for i, mid in enumerate(wanted, 1)]  # fmt: skip
         finally:
             await residency.aclose()
             await pool.aclose()
+
+    wanted = _wanted(policy, args.tier)
 
     results = anyio.run(up)
     rows = []
@@ -139,24 +167,45 @@ def _cmd_compat(args: argparse.Namespace) -> int:
     return 0 if result.compatible else 1
 
 
-def add_topology(sub: Any) -> None:
-    p = sub.add_parser("up", help="start the policy's servers and load its models by tier")
-    p.add_argument("--policy", help="policy file (default: the embedded policy)")
-    p.add_argument("--tier", choices=["hot", "warm", "cold"], default="hot",
-                   help="hot: HOT only (default); warm: HOT + WARM; cold: everything")  # fmt: skip
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_up)
-    p = sub.add_parser("down", help="stop the servers rolegate started (and nothing else)")
-    p.add_argument("--policy", help="only this policy's servers")
-    p.set_defaults(func=_cmd_down)
-    p = sub.add_parser("status", help="each tracked model: tier, port, state, memory, load time")
-    p.add_argument("--policy", help="policy file (default: the embedded policy)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_status)
-    p = sub.add_parser("models", help="model file utilities")
-    msub = p.add_subparsers(dest="models_command", required=True)
-    q = msub.add_parser("compat", help="can DRAFT serve as TARGET's speculative draft?")
-    q.add_argument("target", help="the target model's GGUF file")
-    q.add_argument("draft", help="the draft model's GGUF file")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=_cmd_compat)
+def up(
+    policy: PolicyOpt = None,
+    tier: Annotated[
+        Literal["hot", "warm", "cold"],
+        typer.Option(help="hot: HOT only; warm: HOT + WARM; cold: everything"),
+    ] = "hot",
+    json: JsonOpt = False,
+) -> Call:
+    """Start the policy's servers and load its models by tier."""
+    return later(_cmd_up, locals())
+
+
+def down(
+    policy: Annotated[str | None, typer.Option(help="only this policy's servers")] = None,
+) -> Call:
+    """Stop the servers rolegate started (and nothing else)."""
+    return later(_cmd_down, locals())
+
+
+def status(policy: PolicyOpt = None, json: JsonOpt = False) -> Call:
+    """Each tracked model: tier, port, state, memory, load time."""
+    return later(_cmd_status, locals())
+
+
+models_app = typer.Typer(help="Model file utilities: compat.")
+
+
+@models_app.command()
+def compat(
+    target: Annotated[str, typer.Argument(help="the target model's GGUF file")],
+    draft: Annotated[str, typer.Argument(help="the draft model's GGUF file")],
+    json: JsonOpt = False,
+) -> Call:
+    """Can DRAFT serve as TARGET's speculative draft? (exit 1 when it cannot)"""
+    return later(_cmd_compat, locals(), models_command="compat")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.add_typer(models_app, name="models")
