@@ -20,7 +20,7 @@ import typer
 
 from rolegate import __version__
 from rolegate.cli.common import Call
-from rolegate.errors import LedgerError, PluginError, PolicyError, RequestError
+from rolegate.errors import RequestError, RolegateError
 
 #: Exit code when stdout's reader closed the pipe early (128 + SIGPIPE, as a shell says).
 CLOSED_PIPE = 141
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = parsed()
         sys.stdout.flush()  # a closed pipe shows here, not at exit
-    except (PolicyError, RequestError, PluginError, LedgerError) as exc:
+    except RolegateError as exc:  # every error rolegate raises on purpose: CODE: sentence
         print(str(exc), file=sys.stderr)
         return 2 if isinstance(exc, RequestError) else 1
     except BrokenPipeError:

@@ -18,13 +18,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anyio
 import httpx
 
-from rolegate.errors import Code, ProviderError, RequestError
+from rolegate.errors import Code, ProviderError
 from rolegate.policy import Policy
 from rolegate.policy.topology_checks import server_address
 
@@ -43,15 +43,23 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
-    """One declared server, resolved: its argv is what will run."""
+    """One declared server, resolved: the binary (found when it starts, so that a machine
+    without llama-server can still route to, probe and report servers running elsewhere)
+    and its arguments."""
 
     model: str  # the policy's model id
     host: str
     port: int
     gguf: Path
-    argv: tuple[str, ...]
+    args: tuple[str, ...]
     tier: str
     memory_gb: float | None
+    binary: str | None = None  # the policy's; else $ROLEGATE_LLAMA_SERVER or PATH at start
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    def argv(self) -> tuple[str, ...]:
+        """What will run: ProviderError (LOAD_FAILED) when there is no llama-server."""
+        return (_binary(self.binary, self.env), *self.args)
 
     @property
     def url(self) -> str:
@@ -73,10 +81,10 @@ class ServerRecord:
 def _binary(configured: str | None, env: Mapping[str, str]) -> str:
     binary = configured or env.get("ROLEGATE_LLAMA_SERVER") or shutil.which("llama-server")
     if not binary:
-        raise RequestError(
+        raise ProviderError(
             "no llama-server to start: set the server's 'binary', or $ROLEGATE_LLAMA_SERVER, "
             "or put llama-server on PATH",
-            code=Code.INVALID_ARGUMENT,
+            code=Code.LOAD_FAILED,
         )
     return binary
 
@@ -93,7 +101,7 @@ def server_specs(policy: Policy, env: Mapping[str, str] = os.environ) -> dict[st
             continue
         host, port = address
         gguf = policy.base_dir / server.gguf
-        argv = [_binary(server.binary, env), "-m", str(gguf), "--host", host, "--port", str(port)]
+        argv = ["-m", str(gguf), "--host", host, "--port", str(port)]
         argv += ["--alias", model.name]
         if server.ctx_size is not None:
             argv += ["-c", str(server.ctx_size)]
@@ -119,7 +127,9 @@ def server_specs(policy: Policy, env: Mapping[str, str] = os.environ) -> dict[st
         if spec_types:
             argv += ["--spec-type", ",".join(spec_types)]
         argv += server.args
-        specs[mid] = ServerSpec(mid, host, port, gguf, tuple(argv), model.tier, model.memory_gb)
+        specs[mid] = ServerSpec(
+            mid, host, port, gguf, tuple(argv), model.tier, model.memory_gb, server.binary, env
+        )
     return specs
 
 
@@ -207,11 +217,12 @@ class Servers:
                 f"{spec.model}'s server cannot start: no model file at {spec.gguf}",
                 code=Code.LOAD_FAILED,
             )
+        argv = spec.argv()
         started = time.monotonic()
         with open(log, "wb") as out:
             try:
                 child = subprocess.Popen(
-                    spec.argv,
+                    argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -219,7 +230,7 @@ class Servers:
                 )
             except OSError as exc:
                 raise ProviderError(
-                    f"{spec.model}'s server cannot start: {exc.strerror} ({spec.argv[0]})",
+                    f"{spec.model}'s server cannot start: {exc.strerror} ({argv[0]})",
                     code=Code.LOAD_FAILED,
                 ) from exc
         self._children[child.pid] = child
@@ -228,7 +239,7 @@ class Servers:
             spec.port,
             child.pid,
             _start_ticks(child.pid),
-            spec.argv,
+            argv,
             str(log),
             time.time(),
         )
