@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -14,7 +15,7 @@ from rolegate.cli.common import Call, JsonOpt, PolicyOpt, later
 from rolegate.errors import ProviderError, RefusedError
 from rolegate.policy import Policy, load_default_policy, load_policy
 from rolegate.policy.topology_checks import server_address
-from rolegate.topology.residency import TIERS, LoadReport, Residency
+from rolegate.topology.residency import LoadReport, Residency
 from rolegate.topology.servers import Servers, ServerSpec, default_state_dir, rss_bytes
 
 
@@ -30,27 +31,15 @@ def _residency(policy: Policy, servers: Servers) -> tuple[Residency, Any]:
     return Residency(policy, servers, pool.client), pool
 
 
-def _wanted(policy: Policy, tier: str) -> list[str]:
-    """The models `up` loads: the tracked models of ``tier`` and the tiers above it, HOT
-    first, as `Residency.up` orders them (the CLI loads them one by one to say which one it
-    is waiting for: a server start or a model load can take minutes)."""
-    order = {"hot": 0, "warm": 1, "cold": 2}
-    models = policy.doc.models
-    chosen = (m for m in policy.managed if models[m].tier in TIERS[tier])
-    return sorted(chosen, key=lambda m: (order[models[m].tier], m))
+def _waiting(policy: Policy) -> Callable[[str, int, int], None]:
+    """Says which model `up` waits for: a server start or a model load can take minutes."""
 
+    def say(mid: str, i: int, n: int) -> None:
+        address = policy.doc.providers[policy.doc.models[mid].provider].base_url
+        print(f"[{i}/{n}] waiting for {mid} ({address}) to be up and loaded...",
+              file=sys.stderr, flush=True)  # fmt: skip
 
-async def _load(
-    residency: Residency, mid: str, i: int, n: int
-) -> LoadReport | RefusedError | ProviderError:
-    spec = residency.specs.get(mid)
-    where = f" (port {spec.port})" if spec else ""
-    print(f"[{i}/{n}] waiting for {mid}{where} to be up and loaded...", file=sys.stderr,
-          flush=True)  # fmt: skip
-    try:
-        return await residency.load(mid)
-    except (RefusedError, ProviderError) as exc:
-        return exc
+    return say
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -60,13 +49,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     async def up() -> list[tuple[str, LoadReport | RefusedError | ProviderError]]:
         residency, pool = _residency(policy, servers)
         try:
-            return [(mid, await _load(residency, mid, i, len(wanted)))
-                    for i, mid in enumerate(wanted, 1)]  # fmt: skip
+            return await residency.up(args.tier, _waiting(policy))
         finally:
             await residency.aclose()
             await pool.aclose()
-
-    wanted = _wanted(policy, args.tier)
 
     results = anyio.run(up)
     rows = []

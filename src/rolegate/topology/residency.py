@@ -276,16 +276,21 @@ class Residency:
 
     # -- the operator's commands -----------------------------------------------------------
 
-    async def up(self, tier: str) -> list[tuple[str, LoadReport | RefusedError | ProviderError]]:
+    async def up(
+        self, tier: str, on_start: Callable[[str, int, int], None] | None = None
+    ) -> list[tuple[str, LoadReport | RefusedError | ProviderError]]:
         """Load every tracked model of ``tier`` and the tiers above it that is not loaded,
-        HOT first; a model that cannot be loaded is reported, the others still are."""
+        HOT first; a model that cannot be loaded is reported, the others still are.
+        ``on_start(model, i, n)`` is told before each (a start or load can take minutes)."""
         order = {"hot": 0, "warm": 1, "cold": 2}
         wanted = sorted(
             (m for m in self.policy.managed if self.policy.doc.models[m].tier in TIERS[tier]),
             key=lambda m: (order[self.policy.doc.models[m].tier], m),
         )
         results: list[tuple[str, LoadReport | RefusedError | ProviderError]] = []
-        for mid in wanted:
+        for i, mid in enumerate(wanted, 1):
+            if on_start is not None:
+                on_start(mid, i, len(wanted))
             try:
                 results.append((mid, await self.load(mid)))
             except (RefusedError, ProviderError) as exc:
