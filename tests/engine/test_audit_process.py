@@ -74,3 +74,55 @@ def test_a_pid_matches_only_its_own_process() -> None:
     assert select_audit(rows, process="123", limit=10) == [rows[0][1]]
     assert select_audit(rows, process="1234:h:bbbbbbbbbbbb", limit=10) == [rows[1][1]]
     assert len(select_audit(rows, limit=10)) == 3
+
+
+async def test_each_mcp_session_is_named_in_its_records(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from rolegate.engine.bootstrap import build_engine
+    from rolegate.server.app import build_server
+
+    policy = load_policy_text(POLICY, "yaml", "p.yaml")
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    try:
+        server = build_server(build_engine(policy, ledger=ledger))
+        for _ in range(2):  # two clients, one after the other: two sessions
+            async with Client(server, mode="legacy") as client:
+                for task in ("first task", "second task"):
+                    result = await client.call_tool("route_task", {"task": task})
+                    assert not result.is_error, result.content
+        records = list(reversed(ledger.recent_audit(10)))
+    finally:
+        ledger.close()
+    sessions = [r.get("session") for r in records]
+    assert len(sessions) == 4
+    assert sessions[0] == sessions[1]
+    assert sessions[2] == sessions[3]
+    assert sessions[0] != sessions[2]
+    assert all(isinstance(s, str) and s.startswith("conn_") for s in sessions)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    picked = _audit(url, "--session", str(sessions[2]))
+    assert [r["session"] for r in picked] == [sessions[2], sessions[2]]
+
+
+def test_a_streamable_http_session_is_named_by_its_header() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from rolegate.server.boundary import session_of
+
+    def context(headers: dict[str, str] | None, session: object) -> Any:
+        request = SimpleNamespace(headers=headers) if headers is not None else None
+        return SimpleNamespace(request_context=SimpleNamespace(request=request, session=session))
+
+    class Connection:
+        pass
+
+    conn = Connection()
+    assert session_of(context({"mcp-session-id": "abc123"}, conn)) == "abc123"
+    first = session_of(context(None, conn))
+    assert first is not None
+    assert first.startswith("conn_")
+    assert session_of(context({}, conn)) == first  # the same connection, the same label
+    assert session_of(context(None, Connection())) != first
+    assert session_of(None) is None

@@ -310,6 +310,13 @@ def audit(
         str | None,
         typer.Option(help="one server process's records: its pid, or the record's whole 'process'"),
     ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            help="one MCP session's records: the record's 'session' (Streamable HTTP's "
+            "mcp-session-id, or a connection label)"
+        ),
+    ] = None,
     limit: Annotated[
         int, typer.Option(parser=count, metavar="<int>", help="newest records to print")
     ] = 50,
@@ -317,8 +324,8 @@ def audit(
     """Recent audit records as JSON lines, newest first (ids, models, counts, codes; no text).
 
     The newest audit records that pass every filter given, as JSON lines, newest first.
-    Records carry no process or session id, so there is no filter by either (a call's
-    reservation, not its record, names the process that made it)."""
+    Records name the server process that wrote them (over stdio, one MCP window) and, for
+    tool calls, the MCP session they came in on."""
     return later(_cmd_audit, locals())
 
 
@@ -327,7 +334,7 @@ def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, ob
     from rolegate.engine.reports import NO_SINCE, select_audit
     from rolegate.ledger.records import to_us
 
-    filters = (args.since, args.until, args.kind, args.job, args.code, args.process)
+    filters = (args.since, args.until, args.kind, args.job, args.code, args.process, args.session)
     if all(value is None for value in filters):
         return list(ledger.recent_audit(args.limit))
     since, until = window(args.since, args.until)
@@ -336,4 +343,11 @@ def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, ob
         None if until is None else to_us(until),
         args.kind,
     )
-    return select_audit(rows, job=args.job, code=args.code, process=args.process, limit=args.limit)
+    return select_audit(
+        rows,
+        job=args.job,
+        code=args.code,
+        process=args.process,
+        session=args.session,
+        limit=args.limit,
+    )

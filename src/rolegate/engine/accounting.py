@@ -14,7 +14,7 @@ from datetime import datetime
 
 import anyio
 
-from rolegate.engine.store import PROCESS, Store
+from rolegate.engine.store import PROCESS, Store, stamped
 from rolegate.errors import Code, LedgerError
 from rolegate.logs import get_logger
 from rolegate.plugins.base import ChatResult
@@ -98,17 +98,18 @@ async def settle(policy: Policy, store: Store, call: Call, outcome: Outcome) -> 
     """Commit what was used (real usage, worst case if unreported, partial on a break),
     or release a call that produced nothing; the call's audit record goes in the same
     transaction. The store's observers see the record first, with or without a ledger."""
-    record = {
-        **call.context,
-        "kind": "call",
-        "process": OWNER,
-        "request_id": call.request_id,
-        "model": call.info.id,
-        "provider": call.info.model.provider,
-        "policy_hash": policy.hash,
-        "code": outcome.code,
-        "ms": round(outcome.elapsed_s * 1000, 3),
-    }
+    record = stamped(
+        {
+            **call.context,
+            "kind": "call",
+            "request_id": call.request_id,
+            "model": call.info.id,
+            "provider": call.info.model.provider,
+            "policy_hash": policy.hash,
+            "code": outcome.code,
+            "ms": round(outcome.elapsed_s * 1000, 3),
+        }
+    )
     used = _usage(call, outcome)
     if used is None:
         record.update(input_tokens=call.input_tokens, output_tokens=0, cost_micro=0)

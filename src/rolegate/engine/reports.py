@@ -229,6 +229,7 @@ def select_audit(
     job: str | None = None,
     code: str | None = None,
     process: str | None = None,
+    session: str | None = None,
     limit: int,
 ) -> list[Mapping[str, object]]:
     """The newest ``limit`` records (newest first) of those, in write order, whose job and
@@ -240,6 +241,7 @@ def select_audit(
         if job in (None, record.get("job"))
         and code in (None, record.get("code"))
         and (process is None or _of_process(record, process))
+        and session in (None, record.get("session"))
     ]
     return list(reversed(kept))[:limit]
 

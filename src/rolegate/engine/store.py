@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +33,18 @@ T = TypeVar("T")
 #: This process in the audit trail (``pid:host:uuid``), as its reservations name their owner:
 #: `rolegate audit --process` picks one server's records (one MCP window over stdio).
 PROCESS = default_owner()
+#: The MCP session a tool call came in on (set by the server around each call; None for
+#: a script or the stateless era): records name it, for `rolegate audit --session`.
+SESSION: ContextVar[str | None] = ContextVar("rolegate_session", default=None)
+
+
+def stamped(record: Mapping[str, object]) -> dict[str, object]:
+    """An audit record with this process and, inside a tool call, its session."""
+    session = SESSION.get()
+    extra = {"process": PROCESS} if session is None else {"process": PROCESS, "session": session}
+    return {**record, **extra}
+
+
 SWEEP_EVERY_S = 60.0
 log = get_logger()
 
@@ -109,7 +122,7 @@ class Store:
     ) -> None:
         """Store the decision with its audit record in one transaction (ids, no text)."""
         work, now = self.work, self.clock()
-        durable_audit = {**audit, "process": PROCESS} if self.ledger is not None else None
+        durable_audit = stamped(audit) if self.ledger is not None else None
         await self._off_loop(
             lambda: work.put_decision(
                 decision_id=decision_id, record=record, now=now, audit=durable_audit
@@ -230,7 +243,7 @@ class Store:
         """Record a move up the ladder with its audit record, in one transaction; False
         (nothing written) when another call moved the role first."""
         work, now, policy_hash = self.work, self.clock(), self.policy.hash
-        durable_audit = {**audit, "process": PROCESS} if self.ledger is not None else None
+        durable_audit = stamped(audit) if self.ledger is not None else None
         recorded = await self._off_loop(
             lambda: work.record_escalation(
                 task_id=task_id,
@@ -256,7 +269,7 @@ class Store:
         ledger = self.ledger
         if ledger is None:
             return
-        record = {**record, "process": PROCESS}
+        record = stamped(record)
         await self._off_loop(lambda: ledger.audit(record))
         self._deliver(record)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +27,7 @@ from mcp_types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 
+from rolegate.engine.store import SESSION
 from rolegate.engine.text import encodable
 from rolegate.errors import Code, RefusedError, RolegateError
 from rolegate.logs import get_logger
@@ -117,7 +120,11 @@ class GatedServer(MCPServer):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         started = time.perf_counter()
-        result, refused = await self._gate(name, arguments, context)
+        token = SESSION.set(session_of(context))
+        try:
+            result, refused = await self._gate(name, arguments, context)
+        finally:
+            SESSION.reset(token)
         if isinstance(result, CallToolResult):
             elapsed = time.perf_counter() - started
             # An unknown tool's name is the caller's text: it is never logged or counted.
@@ -252,3 +259,30 @@ def _tokens_field(data: dict[str, Any], key: str) -> Any:
         if isinstance(section, dict) and section.get(key) is not None:
             return section[key]
     return data.get(key)
+
+
+#: One label per connection-scoped session object that came without a session id (stdio,
+#: an in-process client): stable while it lives, gone with it.
+_CONNECTIONS: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+
+
+def session_of(context: Context[Any, Any] | None) -> str | None:
+    """The MCP session of a call: Streamable HTTP's ``mcp-session-id``, else one label per
+    connection (a stdio client, an in-process one); None outside a request."""
+    try:
+        request_context = context.request_context if context is not None else None
+    except ValueError:  # not inside a request
+        return None
+    if request_context is None:
+        return None
+    headers = getattr(request_context.request, "headers", None)
+    found = headers.get("mcp-session-id") if headers is not None else None
+    if isinstance(found, str) and found:
+        return found[:128]
+    # The SDK makes a ServerSession per request around one Connection per client: the
+    # connection is what lives as long as the client's session does.
+    connection = getattr(request_context.session, "_connection", request_context.session)
+    label = _CONNECTIONS.get(connection)
+    if label is None:
+        label = _CONNECTIONS.setdefault(connection, "conn_" + uuid.uuid4().hex[:12])
+    return label
