@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from rolegate.policy import load_policy
-from rolegate.server.serve import probe_providers, provider_lines
+from rolegate.server.greeting import probe_providers, provider_lines
 from tests.support.servers import free_port
 
 POLICY = """\

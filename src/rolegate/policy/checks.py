@@ -18,9 +18,10 @@ from rolegate.policy.problems import error as _err
 from rolegate.policy.problems import model_locality
 from rolegate.policy.problems import warning as _warn
 from rolegate.policy.quality_checks import check_quality
-from rolegate.policy.schema import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES, PolicyDocument
+from rolegate.policy.schema import PolicyDocument
 from rolegate.policy.topology_checks import check_topology
 from rolegate.policy.understanding_checks import check_understanding
+from rolegate.policy.vocabulary import API_KEY_ENV_PATTERN, KNOWN_CAPABILITIES
 
 
 def check_document(doc: PolicyDocument) -> list[PolicyProblem]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from rolegate.errors import Code, RequestError
-from rolegate.policy.schema import Signal
+from rolegate.policy.vocabulary import Signal
 
 #: A policy name (job, role, channel, model, stage) or an id (task_id, decision_id).
 MAX_NAME_CHARS = 128

@@ -15,6 +15,13 @@ from pydantic import Field, PlainSerializer, field_validator, model_validator
 from rolegate.policy.evidence import QualityRule
 from rolegate.policy.strict import Strict, _unset
 from rolegate.policy.topology import LlamaServer, Residency
+from rolegate.policy.vocabulary import (
+    API_KEY_ENV_PATTERN,
+    FailureCode,
+    Locality,
+    Op,
+    Signal,
+)
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -27,54 +34,6 @@ Money = Annotated[Decimal, Field(ge=0), PlainSerializer(_decimal_text, return_ty
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$", max_length=128)]
 Example = Annotated[str, Field(min_length=1, max_length=2000)]
 MAX_EXAMPLES = 1000
-Locality = Literal["local", "cloud"]
-API_KEY_ENV_PATTERN = r"^[A-Z_][A-Z0-9_]{0,63}$"
-"""An environment variable name in upper snake case, at most 64 characters."""
-Signal = Literal[
-    "confidence",
-    "failed_loops",
-    "context_estimate",
-    "contradictions",
-    "tool_heavy",
-    "full_sweep",
-    "high_risk",
-    "user_request",
-    "self_check_confidence",
-    "scope_large",
-    "interesting_failure",
-]
-Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
-FailureCode = Literal[
-    "PROVIDER_UNAVAILABLE",
-    "PROVIDER_TIMEOUT",
-    "PROVIDER_ERROR",
-    "BAD_RESPONSE",
-    "MODEL_COLD",
-    "MEMORY_EXCEEDED",
-    "LOAD_TIMEOUT",
-    "LOAD_FAILED",
-]
-Remedy = Literal["summarize", "narrow_scope", "select_documents", "chunk", "escalate"]
-
-KNOWN_CAPABILITIES = frozenset(
-    {
-        "chat",
-        "code",
-        "reasoning",
-        "long_context",
-        "extraction",
-        "summarize",
-        "vision",
-        "tools",
-        "json",
-        "routing",
-        "validation",
-        "citations",
-        "speech",
-        "ocr",
-        "embeddings",
-    }
-)
 
 
 class Provider(Strict):
