@@ -105,6 +105,28 @@ async def test_each_mcp_session_is_named_in_its_records(tmp_path: Path) -> None:
     assert [r["session"] for r in picked] == [sessions[2], sessions[2]]
 
 
+async def test_the_stateless_era_names_no_session(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from rolegate.engine.bootstrap import build_engine
+    from rolegate.server.app import build_server
+
+    policy = load_policy_text(POLICY, "yaml", "p.yaml")
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    try:
+        server = build_server(build_engine(policy, ledger=ledger))
+        async with Client(server, mode="2026-07-28") as client:
+            for task in ("first task", "second task"):
+                result = await client.call_tool("route_task", {"task": task})
+                assert not result.is_error, result.content
+        records = ledger.recent_audit(10)
+    finally:
+        ledger.close()
+    assert len(records) == 2
+    assert all("session" not in r for r in records)
+    assert all(r["process"] == PROCESS for r in records)
+
+
 def test_a_streamable_http_session_is_named_by_its_header() -> None:
     from types import SimpleNamespace
     from typing import Any
@@ -113,7 +135,11 @@ def test_a_streamable_http_session_is_named_by_its_header() -> None:
 
     def context(headers: dict[str, str] | None, session: object) -> Any:
         request = SimpleNamespace(headers=headers) if headers is not None else None
-        return SimpleNamespace(request_context=SimpleNamespace(request=request, session=session))
+        return SimpleNamespace(
+            request_context=SimpleNamespace(
+                request=request, session=session, protocol_version="2025-11-25"
+            )
+        )
 
     class Connection:
         pass

@@ -118,6 +118,7 @@ def test_eval_runs_each_model_through_the_run_path_and_stores_every_result(
     # The premium model is refused (no job allows it): not every case was judged.
     assert done.returncode == 4, done.stderr
     report = json.loads(done.stdout)
+    assert report["run"]["finished_us"] is not None  # the run as stored, finished
     rows = report["results"]
     assert len(rows) == 9
     by = {(r["model"], r["case_id"]): r for r in rows}
@@ -151,7 +152,8 @@ def test_eval_runs_each_model_through_the_run_path_and_stores_every_result(
         assert run.run_id == report["run"]["run_id"]
         assert run.suite_hash == load_suite(setup["suite"]).hash
         assert run.policy_hash == load_policy(setup["policy"]).hash
-        assert run.finished_us is not None
+        assert run.finished_us == report["run"]["finished_us"]
+        assert run.owner == report["run"]["owner"]  # the eval's process, as stored
         stored = [(r.model, r.case_id, r.outcome, r.code) for r in ledger.eval_results(run.run_id)]
         printed = [(r["model"], r["case_id"], r["outcome"], r["code"]) for r in rows]
         assert stored == printed

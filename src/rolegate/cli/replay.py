@@ -28,10 +28,14 @@ _FORMS = "use a span back from now (7d, 12h, 30m) or an ISO date/time (2025-03-0
 def parse_when(text: str, now: datetime, flag: str) -> datetime:
     """'7d', '12h', '30m', '45s', '2w' back from ``now``, or an ISO date/time (UTC if naive)."""
     span = _SPAN.fullmatch(text.strip())
-    if span is not None:
-        return now - timedelta(seconds=int(span.group(1)) * _UNIT_S[span.group(2)])
     try:
+        if span is not None:
+            return now - timedelta(seconds=int(span.group(1)) * _UNIT_S[span.group(2)])
         moment = datetime.fromisoformat(text.strip())
+    except OverflowError:
+        raise RequestError(
+            f"{flag} {text!r} reaches past year 1; give a shorter span", code=Code.INVALID_ARGUMENT
+        ) from None
     except ValueError:
         raise RequestError(
             f"{flag} {text!r} is no time: {_FORMS}", code=Code.INVALID_ARGUMENT

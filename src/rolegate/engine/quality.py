@@ -16,7 +16,7 @@ import anyio
 from rolegate.engine.constraints import Constraints
 from rolegate.engine.results import RunResult
 from rolegate.engine.store import Store
-from rolegate.errors import LedgerError, RequestError
+from rolegate.errors import Code, LedgerError, RefusedError, RequestError
 from rolegate.ledger.quality import EvalResult, QualityStore
 from rolegate.logs import get_logger
 from rolegate.policy import Policy
@@ -117,6 +117,12 @@ def role_choice(policy: Policy, book: EvidenceBook, limits: Constraints) -> Role
                               max_output=0, snapshot=NO_USAGE, needs=limits.needs)  # fmt: skip
         if refused is None:
             return RoleChoice(info.id, plan.report(info))
+    if rule.without_evidence == "refuse":  # fail closed, as route_task does
+        raise RefusedError(
+            f"{plan.report(None).note}, and role {limits.role!r}'s quality rule says to refuse "
+            f"without it; run `rolegate eval` on suite {rule.suite!r} for its candidates",
+            code=Code.QUALITY_UNPROVEN,
+        )
     return RoleChoice(declared.model, plan.report(None))
 
 

@@ -10,6 +10,7 @@ judged, so an interrupted run keeps what it measured. No prompt or output text i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ import anyio
 
 from rolegate.engine.core import PolicyEngine
 from rolegate.engine.requests import RunRequest
+from rolegate.engine.store import PROCESS
 from rolegate.errors import Code, RefusedError, RequestError, RolegateError
 from rolegate.evals.suites import Case, Suite
 from rolegate.ledger.base import Ledger
@@ -86,6 +88,7 @@ async def run_suite(
         models=tuple(models),
         cases=len(suite.cases),
         started_us=_us(clock().timestamp()),
+        owner=PROCESS,
     )
     await anyio.to_thread.run_sync(lambda: ledger.put_eval_run(run))
     outcome = EvalOutcome(run)
@@ -103,6 +106,7 @@ async def run_suite(
             done = _us(clock().timestamp())
             await anyio.to_thread.run_sync(lambda: ledger.finish_eval_run(run.run_id, done))
     engine.quality.invalidate()
+    outcome.run = dataclasses.replace(run, finished_us=done)  # as stored
     return outcome
 
 

@@ -24,6 +24,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult, TextContent
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 
@@ -273,8 +274,8 @@ def session_of(context: Context[Any, Any] | None) -> str | None:
         request_context = context.request_context if context is not None else None
     except ValueError:  # not inside a request
         return None
-    if request_context is None:
-        return None
+    if request_context is None or request_context.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return None  # the stateless era: every request stands alone, there is no session
     headers = getattr(request_context.request, "headers", None)
     found = headers.get("mcp-session-id") if headers is not None else None
     if isinstance(found, str) and found:
