@@ -96,6 +96,10 @@ def test_a_run_round_trips_and_finishes(ledger: Ledger) -> None:
     assert [run.run_id for run in ledger.eval_runs("s", limit=1)] == ["run-2"]
     assert [run.run_id for run in ledger.eval_runs("t")] == ["run-3"]
     assert ledger.eval_runs("none") == []
+    assert ledger.eval_run("run-2") == newest
+    assert ledger.eval_run("run-1") == ledger.eval_runs("s")[1]
+    assert ledger.eval_run("nope") is None
+    assert ledger.eval_run("bad\x00id") is None
     assert "no eval run 'nope'" in invalid(ledger.finish_eval_run, "nope", 1)
 
 

@@ -136,10 +136,10 @@ def _show_run(ledger: Any, run_id: str, fmt: str) -> int:
     from rolegate.errors import Code, RequestError
     from rolegate.evals.report import as_csv, as_json, summarize, table
 
-    runs = [r for r in ledger.eval_runs(None, 10_000) if r.run_id == run_id]
-    if not runs:
+    run = ledger.eval_run(run_id)
+    if run is None:
         raise RequestError(f"no eval run {run_id!r} in this ledger", code=Code.INVALID_ARGUMENT)
-    run, rows = runs[0], ledger.eval_results(run_id)
+    rows = ledger.eval_results(run_id)
     summaries = summarize(rows, run.models)
     if fmt == "json":
         print(as_json(run, summaries, rows))

@@ -129,6 +129,11 @@ def do_eval_runs(tx: Tx, suite: str | None, limit: int) -> list[EvalRun]:
     return [_run(row) for row in found]
 
 
+def do_eval_run(tx: Tx, run_id: str) -> EvalRun | None:
+    found = tx.rows(f"SELECT {_RUN_COLUMNS} FROM rolegate_eval_runs WHERE run_id = ?", [run_id])
+    return _run(found[0]) if found else None
+
+
 def _optional(kind: Callable[[Any], T], value: object) -> T | None:
     return None if value is None else kind(value)
 
@@ -216,6 +221,11 @@ class SqlQualityStore(ABC):
         if suite is not None and not storable(suite):
             return []
         return self._read(lambda tx: do_eval_runs(tx, suite, count))
+
+    def eval_run(self, run_id: str) -> EvalRun | None:
+        if not storable(run_id):
+            return None
+        return self._read(lambda tx: do_eval_run(tx, run_id))
 
     def eval_results(self, run_id: str) -> list[EvalResult]:
         if not storable(run_id):

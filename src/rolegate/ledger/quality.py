@@ -124,6 +124,10 @@ class QualityStore(Protocol):
         ``started_us``, then ``run_id``)."""
         ...
 
+    def eval_run(self, run_id: str) -> EvalRun | None:
+        """The run stored under ``run_id``, or None."""
+        ...
+
     def eval_results(self, run_id: str) -> list[EvalResult]:
         """The results stored for the run, in the order they were stored."""
         ...
