@@ -21,6 +21,7 @@ from rolegate.errors import Code, RequestError
 from rolegate.policy import Policy, RouteRequest, route
 
 DEFAULT = "(default)"
+CLASSIFIED = ("embedding", "lexical")  # the classifier's own answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +115,10 @@ async def evaluate(
         how = decision.classification
         method = how.method if how else "none"
         confident = method in ("keywords", "size") or bool(
-            method == "embedding" and how is not None and how.confident
+            method in CLASSIFIED and how is not None and how.confident
         )
         got = decision.intent or DEFAULT
-        best = how.label if how is not None and method == "embedding" and how.label else got
+        best = how.label if how is not None and method in CLASSIFIED and how.label else got
         report.add(row.intent or DEFAULT, got, best, method, confident, ms)
     return report
 

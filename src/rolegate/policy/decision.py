@@ -102,7 +102,7 @@ class Residence(OutputModel):
 
 
 ClassifyMethod = Literal[
-    "caller", "size", "keywords", "embedding", "router_model", "default", "recorded"
+    "caller", "size", "keywords", "embedding", "lexical", "router_model", "default", "recorded"
 ]
 
 
@@ -112,7 +112,9 @@ class Classification(OutputModel):
     method: ClassifyMethod = Field(
         description="'caller': a role or job the caller named decides, the intent is only "
         "recorded; 'size': an intent's min_input_tokens; 'keywords': the policy's keywords "
-        "or regexes; 'embedding': similarity to the intents' examples; 'router_model': the "
+        "or regexes; 'embedding': the classifier on the intents' examples; 'lexical': the "
+        "same from the task's words alone, sure enough that the task was not embedded; "
+        "'router_model': the "
         "policy's router role chose; 'default': nothing decided, the default intent applies; "
         "'recorded': a replay, with the intent its recorded decision had."
     )

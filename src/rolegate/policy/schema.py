@@ -320,6 +320,19 @@ class Classifier(Strict):
         le=1,
         description="Confidence below which the classifier is unsure (see 'on_unsure').",
     )
+    lexical: bool = Field(
+        default=True,
+        description="'linear' only: the model also reads the task's words and letter "
+        "n-grams, which carry what an embedding blurs (names, exact phrases, pasted code).",
+    )
+    shortcut: float | None = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="'linear' with 'lexical' only: a model of the words alone answers first, "
+        "and when it is at least this sure (and at least 'threshold') the task is not "
+        "embedded (classification method 'lexical'). null: every task is embedded.",
+    )
     on_unsure: Literal["router", "default", "refuse"] = Field(
         default="default",
         description="'router': ask 'router_role' to choose among the intents (schema-"
