@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,14 @@ budgets:
 """
 
 
-def _records(stdout: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stdout.splitlines()]
+def _records(stdout: str) -> list[tuple[int, dict[str, object]]]:
+    """(microseconds since the epoch, record) of each line: its 'at' is when it was written."""
+    rows = []
+    for line in stdout.splitlines():
+        record = json.loads(line)
+        at = datetime.fromisoformat(record.pop("at"))
+        rows.append(((at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1), record))
+    return rows
 
 
 @pytest.mark.parametrize(
@@ -51,13 +57,13 @@ def _records(stdout: str) -> list[dict[str, object]]:
         (("--kind", "call", "--job", "fix"), [5, 4, 2]),
         (("--kind", "call", "--job", "fix", "--limit", "2"), [5, 4]),
         (("--code", "ROUTED"), [14, 11, 1, 0]),
-        (("--code", "OK", "--kind", "stage"), [13]),
+        (("--code", "OK", "--kind", "call"), [12, 10, 4, 2]),
+        (("--kind", "consent"), [7, 6]),
         (("--job", "docs"), [12, 11]),
         # since inclusive, until exclusive: the consent a microsecond before D2 is out,
         # the one at D2's first microsecond in, the escalation at 02:00 out
         (("--since", "2025-03-02", "--until", "2025-03-02T02:00Z"), [8, 7]),
         (("--since", "2025-03-02T04:00:00+00:00", "--kind", "decision"), [14, 11]),
-        (("--kind", "nothing"), []),
         (("--limit", "0"), []),
     ],
 )
@@ -66,7 +72,7 @@ def test_audit_filters(
 ) -> None:
     done = rolegate("audit", "--ledger", seeded, *args)
     assert (done.returncode, done.stderr) == (0, "")
-    assert _records(done.stdout) == [SEED[i][1] for i in expected]
+    assert _records(done.stdout) == [SEED[i] for i in expected]  # each with its time
     for line in done.stdout.splitlines():  # one JSON object a line, keys sorted
         assert line == json.dumps(json.loads(line), sort_keys=True)
 
@@ -76,6 +82,7 @@ def test_audit_refuses_bad_filters(rolegate: Run, seeded: str) -> None:
         (("--limit", "-1"), "not a whole number >= 0"),
         (("--since", "soon"), "--since 'soon' is no time"),
         (("--since", "2d", "--until", "3d"), "--until must be later than --since"),
+        (("--kind", "nothing"), "INVALID_ARGUMENT: --kind 'nothing' is not a kind of audit"),
     ):
         done = rolegate("audit", "--ledger", seeded, *args)
         assert done.returncode == 2, args
@@ -180,7 +187,10 @@ def test_a_reader_closing_the_pipe_early_ends_it_quietly(big_ledger: str, tmp_pa
     proc.stdout.close()  # as `head -1` does
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
-    assert json.loads(first) == {"kind": "call", "n": 4999, "model": "m-a", "code": "OK"}
+    assert json.loads(first) == {
+        "kind": "call", "n": 4999, "model": "m-a", "code": "OK",
+        "at": "1970-01-01T00:00:00.004999Z",  # the seed wrote record n at n microseconds
+    }  # fmt: skip
     assert "Traceback" not in err
     assert "BrokenPipeError" not in err
     assert err == ""

@@ -71,8 +71,8 @@ def test_a_pid_matches_only_its_own_process() -> None:
         (2, {"kind": "call", "process": "1234:h:bbbbbbbbbbbb"}),
         (3, {"kind": "call"}),  # written before records named their process
     ]
-    assert select_audit(rows, process="123", limit=10) == [rows[0][1]]
-    assert select_audit(rows, process="1234:h:bbbbbbbbbbbb", limit=10) == [rows[1][1]]
+    assert select_audit(rows, process="123", limit=10) == [rows[0]]
+    assert select_audit(rows, process="1234:h:bbbbbbbbbbbb", limit=10) == [rows[1]]
     assert len(select_audit(rows, limit=10)) == 3
 
 

@@ -263,11 +263,11 @@ def test_unknown_grouping_is_refused() -> None:
 def test_select_audit_filters_and_keeps_the_newest_first() -> None:
     rows = SEED[1:14]
     fixes = select_audit(rows, job="fix", limit=10)
-    assert [r["kind"] for r in fixes] == ["call", "call", "decision", "call", "decision"]
-    assert fixes[0] is SEED[5][1]
-    assert fixes[-1] is SEED[1][1]
-    assert select_audit(rows, job="fix", code="OK", limit=10) == [SEED[4][1], SEED[2][1]]
-    assert select_audit(rows, code="ROUTED", limit=1) == [SEED[11][1]]
+    assert [r["kind"] for _, r in fixes] == ["call", "call", "decision", "call", "decision"]
+    assert fixes[0] == SEED[5]
+    assert fixes[-1] == SEED[1]
+    assert select_audit(rows, job="fix", code="OK", limit=10) == [SEED[4], SEED[2]]
+    assert select_audit(rows, code="ROUTED", limit=1) == [SEED[11]]
     assert select_audit(rows, job="nope", limit=10) == []
     assert select_audit(rows, limit=0) == []
     assert len(select_audit(rows, limit=100)) == 13

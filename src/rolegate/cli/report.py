@@ -283,12 +283,19 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     policy = load_default_policy() if args.policy is None else load_policy(args.policy)
     ledger = open_policy_ledger(policy, args.ledger)
     try:
-        records = read_audit(ledger, args)
+        rows = read_audit(ledger, args)
     finally:
         ledger.close()
-    for record in records:
-        print(json_text.dumps(record, sort_keys=True, default=str))
+    for at_us, record in rows:
+        # 'at': when the ledger wrote it (UTC); the record itself holds no time.
+        stamped = {**record, "at": _utc(at_us)}
+        print(json_text.dumps(stamped, sort_keys=True, default=str))
     return 0
+
+
+def _utc(at_us: int) -> str:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def audit(
@@ -299,7 +306,8 @@ def audit(
     ] = None,
     until: UntilOpt = None,
     kind: Annotated[
-        str | None, typer.Option(help="decision, call, escalation, consent, ...")
+        str | None,
+        typer.Option(help="call, consent, decision, escalation, fallback or fallback_refused"),
     ] = None,
     job: Annotated[str | None, typer.Option(help="records of this job only")] = None,
     code: Annotated[
@@ -329,14 +337,21 @@ def audit(
     return later(_cmd_audit, locals())
 
 
-def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[Mapping[str, object]]:
-    """The newest ``--limit`` records (newest first) that pass the filters."""
-    from rolegate.engine.reports import NO_SINCE, select_audit
+def read_audit(ledger: Ledger, args: argparse.Namespace) -> list[tuple[int, Mapping[str, object]]]:
+    """The newest ``--limit`` records (newest first) that pass the filters, each with the
+    time it was written (microseconds since the epoch)."""
+    from rolegate.engine.reports import AUDIT_KINDS, NO_SINCE, select_audit
     from rolegate.ledger.records import to_us
 
+    if args.kind is not None and args.kind not in AUDIT_KINDS:
+        raise RequestError(
+            f"--kind {args.kind!r} is not a kind of audit record; the kinds are "
+            f"{', '.join(AUDIT_KINDS)}",
+            code=Code.INVALID_ARGUMENT,
+        )
     filters = (args.since, args.until, args.kind, args.job, args.code, args.process, args.session)
     if all(value is None for value in filters):
-        return list(ledger.recent_audit(args.limit))
+        return list(ledger.recent_audit_rows(args.limit))
     since, until = window(args.since, args.until)
     rows = ledger.audit_rows_between(
         NO_SINCE if since is None else to_us(since),

@@ -19,6 +19,7 @@ from rolegate.ledger.records import to_us
 from rolegate.policy.budget import MICRO_PER_USD
 
 __all__ = [
+    "AUDIT_KINDS",
     "BY",
     "NONE",
     "NO_SINCE",
@@ -223,6 +224,9 @@ def load_report(
     return summarize(rows, by, since_us, until_us, providers, tz)
 
 
+AUDIT_KINDS = ("call", "consent", "decision", "escalation", "fallback", "fallback_refused")
+
+
 def select_audit(
     rows: Sequence[tuple[int, Mapping[str, object]]],
     *,
@@ -231,13 +235,13 @@ def select_audit(
     process: str | None = None,
     session: str | None = None,
     limit: int,
-) -> list[Mapping[str, object]]:
-    """The newest ``limit`` records (newest first) of those, in write order, whose job and
+) -> list[tuple[int, Mapping[str, object]]]:
+    """The newest ``limit`` rows (newest first) of those, in write order, whose job and
     code are the ones given and whose process is ``process`` or starts with it and a colon
     (a pid picks that process's records); a filter left None matches every record."""
     kept = [
-        record
-        for _, record in rows
+        (at, record)
+        for at, record in rows
         if job in (None, record.get("job"))
         and code in (None, record.get("code"))
         and (process is None or _of_process(record, process))

@@ -198,11 +198,11 @@ def do_audit(tx: Tx, record_json: str | None) -> None:
         )
 
 
-def do_recent_audit(tx: Tx, limit: int) -> list[dict[str, object]]:
+def do_recent_audit(tx: Tx, limit: int) -> list[tuple[int, dict[str, object]]]:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    found = tx.rows("SELECT record FROM rolegate_audit ORDER BY id DESC LIMIT ?", [limit])
-    return [dict(json.loads(row[0])) for row in found]
+    found = tx.rows("SELECT at_us, record FROM rolegate_audit ORDER BY id DESC LIMIT ?", [limit])
+    return [(int(at), dict(json.loads(record))) for at, record in found]
 
 
 def check_amounts(cost_micro: int, tokens: int) -> None:

@@ -195,4 +195,7 @@ class SqlLedger(SqlWorkStore, SqlQualityStore, ABC):
         self._write(lambda tx: do_audit(tx, encoded), locks_rows=False)
 
     def recent_audit(self, limit: int) -> list[dict[str, object]]:
+        return [record for _, record in self.recent_audit_rows(limit)]
+
+    def recent_audit_rows(self, limit: int) -> list[tuple[int, dict[str, object]]]:
         return self._read(lambda tx: do_recent_audit(tx, limit))
