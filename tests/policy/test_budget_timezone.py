@@ -232,6 +232,18 @@ def test_an_unknown_zone_is_a_policy_error_that_says_what_to_write(zone: str) ->
     assert zone.strip("'") not in problem.message or not zone.strip("'")
 
 
+@pytest.mark.parametrize("zone", ["localtime", "posixrules", "Factory"])
+def test_a_zone_that_names_no_place_is_refused(zone: str) -> None:
+    # tzdata has these files, but 'localtime' is whatever the machine is set to: one policy
+    # (one hash) would start its budget days at different hours on different machines.
+    with pytest.raises(PolicyInvalidError) as info:
+        policy(zone)
+    [problem] = info.value.problems
+    assert problem.location == "timezone"
+    assert "means whatever the machine is set to" in problem.message
+    assert "'Europe/Berlin'" in problem.message
+
+
 # -- end to end on a real ledger --------------------------------------------------------------
 
 

@@ -437,6 +437,10 @@ class Defaults(Strict):
     max_output_tokens: int = Field(default=1024, ge=1)
 
 
+# tzdata files that name no place: the host's own zone, and placeholders.
+HOST_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 class PolicyDocument(Strict):
     json_schema_ref: str | None = Field(
         default=None,
@@ -494,6 +498,12 @@ class PolicyDocument(Strict):
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
         # The message never repeats the value: policy errors never show what was written.
+        if value in HOST_ZONES:
+            raise ValueError(
+                "this zone means whatever the machine is set to, so one policy would start "
+                "its days at different hours on different machines; write an IANA name "
+                "such as 'Europe/Berlin', or leave 'timezone' out for UTC"
+            )
         if value is not None:
             try:
                 ZoneInfo(value)
