@@ -187,11 +187,14 @@ async def main() -> None:
     parser.add_argument("--skip-policies", action="store_true")
     parser.add_argument("--only-policies", action="store_true")
     parser.add_argument("--only-speed", action="store_true")
+    parser.add_argument(
+        "--policy-threshold", type=float, help="measure the policies at this threshold instead"
+    )
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     if args.only_policies:
-        await example_policies()
+        await example_policies(args.policy_threshold)
         return
     doc = fine_doc(args.method, args.threshold)
     started = time.perf_counter()
@@ -228,14 +231,16 @@ async def main() -> None:
     )
     await speed(doc, rows)
     if not args.skip_policies:
-        await example_policies()
+        await example_policies(args.policy_threshold)
 
 
-async def example_policies() -> None:
+async def example_policies(threshold: float | None = None) -> None:
     mapping = yaml.safe_load((DATA / "intent_mapping.yaml").read_text("utf-8"))
     for name, labels in mapping.items():
         path = ROOT / "examples" / "policies" / name
         doc = yaml.safe_load(default_policy_text() if name == "default" else path.read_text())
+        if threshold is not None:
+            doc["classifier"] = {**(doc.get("classifier") or {}), "threshold": threshold}
         rows = labelled(labels)
         data = (await measure(doc, rows)).as_dict()
         bare = copy.deepcopy(doc)

@@ -158,6 +158,15 @@ def _cmd_eval_router(args: argparse.Namespace) -> int:
 
     policy = load(args.policy)
     rows = load_labelled(Path(args.labelled), policy)
+    examples = {text for i in policy.intents for text in i.intent.example_texts()}
+    learnt = sum(row.task in examples for row in rows)
+    if learnt:
+        print(
+            f"note: {learnt} of {len(rows)} tasks are examples of the policy's intents; the "
+            "classifier has learnt them, so they measure its memory, not how it reads new "
+            "tasks (measure with tasks that are not in 'examples:')",
+            file=sys.stderr,
+        )
     report = anyio.run(evaluate, policy, reader(policy), rows)
     print(json.dumps(report.as_dict(), indent=2) if args.json else render(report))
     return 0
