@@ -183,3 +183,25 @@ async def test_words_and_embedding_together_are_one_model() -> None:
     without_words = model.probabilities(np, vector, None)
     assert not np.allclose(with_words, without_words, atol=1e-3)
     assert with_words.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_new_settings_leave_the_hash_of_older_policies_alone() -> None:
+    from rolegate.policy.loader import load_policy_text
+
+    doc = (
+        '{"version": 1, "name": "t", "providers": {"p": {"type": "openai", '
+        '"base_url": "http://127.0.0.1:9/v1", "locality": "local"}}, "models": {"m": '
+        '{"provider": "p", "name": "m", "context_window": 4096, "reserve_tokens": 512}}, '
+        '"roles": {"r": {"model": "m"}}, "defaults": {"role": "r"}, "classifier": %s}'
+    )
+
+    def load(classifier: str) -> Any:
+        return load_policy_text(doc % classifier, "json", "<t>")
+
+    older = load('{"method": "linear", "threshold": 0.4}')
+    assert "lexical" not in older.canonical_json
+    assert "shortcut" not in older.canonical_json
+    assert load('{"threshold": 0.4, "lexical": true, "shortcut": 0.7}').hash == older.hash
+    assert load('{"threshold": 0.4, "lexical": false}').hash != older.hash
+    assert load('{"threshold": 0.4, "shortcut": null}').hash != older.hash
+    assert load('{"threshold": 0.4, "shortcut": 0.9}').hash != older.hash

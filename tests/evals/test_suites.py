@@ -225,6 +225,15 @@ CASE = "  - id: a\n    prompt: hi\n    check: {type: exact, value: x}\n"
             "cases[0].messages[0].name: unknown key",
         ),
         ("name: s\ncases:\n" + CASE + "    max_output_tokens: 0\n", "cases[0].max_output_tokens"),
+        # Past the engine's cap: refused when the suite loads, not by every case's call.
+        (
+            "name: s\nmax_output_tokens: 1000000000000\ncases:\n" + CASE,
+            "max_output_tokens: Input should be less than or equal to 100000000",
+        ),
+        (
+            "name: s\ncases:\n" + CASE + "    max_output_tokens: 100000001\n",
+            "cases[0].max_output_tokens: Input should be less than or equal to 100000000",
+        ),
     ],
 )
 def test_invalid_suites_say_where_and_what(tmp_path: Path, text: str, message: str) -> None:

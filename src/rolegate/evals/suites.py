@@ -33,6 +33,7 @@ from typing_extensions import TypedDict
 
 from rolegate.errors import Code, PolicyLoadError, RequestError
 from rolegate.plugins.base import Checker
+from rolegate.policy.limits import MAX_TOKENS
 from rolegate.policy.loader import Limits, parse_text, read_policy_file
 from rolegate.policy.schema import Contract, Name
 from rolegate.policy.strict import Strict
@@ -61,7 +62,7 @@ class Case(Strict):
     prompt: str | None = Field(default=None, min_length=1)
     messages: tuple[ChatMessage, ...] | None = None
     system: str | None = None  # overrides the suite's
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     check: dict[str, Any]
 
     @field_validator("check")
@@ -107,7 +108,7 @@ class Suite(Strict):
     name: Name
     description: str | None = None
     system: str | None = None  # every case's system prompt unless the case has its own
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     cases: tuple[Case, ...]
     _source: str = PrivateAttr(default="<suite>")
 
