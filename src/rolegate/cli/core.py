@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from rolegate.cli.common import Call, JsonOpt, PolicyOpt, later
-from rolegate.errors import PolicyError, PolicyInvalidError
+from rolegate.errors import PolicyError, PolicyInvalidError, PolicyProblem
 from rolegate.policy import Policy, load_default_policy, load_policy
 
 if TYPE_CHECKING:
@@ -49,16 +50,33 @@ def _check_one(path: str, args: argparse.Namespace) -> dict[str, Any]:
     from rolegate.topology.files import file_problems
 
     row.update(name=policy.name, revision=policy.revision, hash=policy.hash)
-    for warning in policy.warnings:
+    warnings = [w for w in policy.warnings if not _plugin_provides(policy, w)]
+    for warning in warnings:
         print(warning.render(policy.source), file=sys.stderr)
     # Model files, and each draft's vocabulary: on the machine that holds them.
     missing = [] if args.skip_files else file_problems(policy)
     for problem in missing:
         print(problem.render(policy.source), file=sys.stderr)
-    row["problems"] = [p.render(policy.source) for p in (*missing, *policy.warnings)]
-    row["valid"] = not missing and not (args.strict and policy.warnings)
+    row["problems"] = [p.render(policy.source) for p in (*missing, *warnings)]
+    row["valid"] = not missing and not (args.strict and warnings)
     row["topology_problems"] = len(missing)
     return row
+
+
+def _plugin_provides(policy: Policy, warning: PolicyProblem) -> bool:
+    """Whether ``warning`` is the pure check's "not built in" for a provider type that an
+    installed plugin does provide (the policy package cannot know; the CLI can)."""
+    for pid, provider in policy.doc.providers.items():
+        if warning.location == f"providers.{pid}.type":
+            return provider.type in _provider_types()
+    return False
+
+
+@functools.cache
+def _provider_types() -> frozenset[str]:
+    from rolegate.plugins.manager import build_registry
+
+    return frozenset(build_registry().providers)
 
 
 def _verdict(row: dict[str, Any]) -> str | None:
