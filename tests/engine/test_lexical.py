@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -205,3 +206,32 @@ def test_the_new_settings_leave_the_hash_of_older_policies_alone() -> None:
     assert load('{"threshold": 0.4, "lexical": false}').hash != older.hash
     assert load('{"threshold": 0.4, "shortcut": null}').hash != older.hash
     assert load('{"threshold": 0.4, "shortcut": 0.9}').hash != older.hash
+
+
+async def test_trained_models_are_kept_on_disk_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = [(label, None, texts) for label, texts in INTENTS.items()]
+    first = IntentClassifier(examples, CountingEmbedder(), Classifier(), cache_dir=tmp_path)  # type: ignore[arg-type]
+    task = "could you make this paragraph French"
+    expected = await first.classify(task)
+    [saved] = tmp_path.glob("linear-*.npz")
+
+    def no_training(*_: object) -> None:
+        raise AssertionError("trained again instead of reading the cache")
+
+    again = IntentClassifier(examples, CountingEmbedder(), Classifier(), cache_dir=tmp_path)  # type: ignore[arg-type]
+    monkeypatch.setattr(again, "_train", no_training)
+    assert await again.classify(task) == expected
+    # Other settings are another model, and a damaged file is trained again.
+    plain = IntentClassifier(
+        examples,
+        CountingEmbedder(),
+        Classifier(shortcut=None),
+        cache_dir=tmp_path,  # type: ignore[arg-type]
+    )
+    await plain.prepare()
+    assert len(list(tmp_path.glob("linear-*.npz"))) == 2
+    saved.write_bytes(b"not a zip")
+    damaged = IntentClassifier(examples, CountingEmbedder(), Classifier(), cache_dir=tmp_path)  # type: ignore[arg-type]
+    assert await damaged.classify(task) == expected

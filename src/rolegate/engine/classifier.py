@@ -56,6 +56,7 @@ LINEAR_L2 = 1e-3
 LINEAR_STEPS = 500
 LINEAR_RATE = 0.5
 LINEAR_MOMENTUM = 0.9
+MODEL_FORMAT = 1  # of the cached linear models: bump when the features or training change
 CACHE_SIZE = 8192
 BATCH = 32
 
@@ -121,12 +122,42 @@ class IntentClassifier:
             self._centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
             if self.settings.method == "linear":
                 self._linear, self._shortcut = await anyio.to_thread.run_sync(
-                    self._train, matrix, group
+                    self._trained, matrix, group
                 )
             self._group_label = group_label
             self._group = group
             self._owner = group_label[group]
             self._matrix = matrix
+
+    def _trained(self, matrix: Any, group: Any) -> tuple[Linear, Linear | None]:
+        """The linear models: kept in cache_dir next to the vectors, since training them
+        takes a second or more for a thousand examples and a stdio server restarts often."""
+        path = self._models_file()
+        if path is not None and path.is_file():
+            try:
+                return _load_models(_np(), path)
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or half-written: train again
+        models = self._train(matrix, group)
+        if path is not None:
+            try:
+                partial = path.with_suffix(f".{os.getpid()}.tmp")
+                with partial.open("wb") as out:
+                    _save_models(_np(), out, *models)
+                os.replace(partial, path)
+            except OSError as exc:
+                log.warning("embedding_cache_unwritable", error=type(exc).__name__)
+        return models
+
+    def _models_file(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        digest = hashlib.sha256(self.cache_name().encode())
+        recipe = [MODEL_FORMAT, lexical.DIMENSIONS, self.settings.lexical,
+                  self.settings.shortcut is not None, LINEAR_SCALE, LINEAR_L2, LINEAR_STEPS,
+                  LINEAR_RATE, LINEAR_MOMENTUM]  # fmt: skip
+        digest.update(json.dumps(recipe).encode())
+        return self.cache_dir / f"linear-{digest.hexdigest()[:32]}.npz"
 
     def _train(self, matrix: Any, group: Any) -> tuple[Linear, Linear | None]:
         np = _np()
@@ -301,6 +332,29 @@ def _fit(np: Any, vectors: Any, words: Any, kernel: Any, group: Any, groups: int
         lexical=None if words is None else scale * (words.T @ combination),
         bias=bias,
     )
+
+
+def _save_models(np: Any, out: Any, model: Linear, shortcut: Linear | None) -> None:
+    parts = {"bias": model.bias, "embedding": model.embedding}
+    if model.lexical is not None:
+        parts["lexical"] = model.lexical
+    if shortcut is not None:
+        parts.update(shortcut_lexical=shortcut.lexical, shortcut_bias=shortcut.bias)
+    np.savez(out, **parts)
+
+
+def _load_models(np: Any, path: Path) -> tuple[Linear, Linear | None]:
+    with np.load(path, allow_pickle=False) as parts:
+        names = set(parts.files)
+        model = Linear(
+            embedding=parts["embedding"],
+            lexical=parts["lexical"] if "lexical" in names else None,
+            bias=parts["bias"],
+        )
+        shortcut = None
+        if "shortcut_bias" in names:
+            shortcut = Linear(None, parts["shortcut_lexical"], parts["shortcut_bias"])
+    return model, shortcut
 
 
 def _train_dual(np: Any, kernel: Any, owner: Any, labels: int) -> tuple[Any, Any]:
