@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.cli.conftest import Run
+from tests.cli.conftest import Run, cli_env
 
 POLICY = """
 version: 1
@@ -53,3 +55,41 @@ def test_eval_router_measures_and_says_when_tasks_are_its_own_examples(
     done = rolegate("eval-router", str(labelled), "--policy", str(policy), "--json")
     assert (done.returncode, done.stderr) == (0, "")
     assert json.loads(done.stdout)["tasks"] == 2
+
+
+def test_eval_router_refuses_files_it_cannot_read(rolegate: Run, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"task": "r\xe9sum\xe9 this", "intent": "summarize"}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"task": "fix it", "intent": "code"}\n{"task": "  ", "intent": "code"}\n')
+    for path, said in (
+        (tmp_path / "missing.jsonl", "cannot be read as UTF-8 text (FileNotFoundError)"),
+        (tmp_path, "cannot be read as UTF-8 text (IsADirectoryError)"),
+        (latin1, "cannot be read as UTF-8 text (UnicodeDecodeError)"),
+        (empty, "holds no labelled tasks"),
+        (blank, "blank.jsonl:2: the task is empty"),
+    ):
+        done = rolegate("eval-router", str(path), "--policy", str(policy))
+        assert done.returncode == 2, (path, done.stderr)
+        assert "INVALID_ARGUMENT: " in done.stderr
+        assert said in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_route_takes_an_argument_that_is_not_utf8(rolegate: Run, tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 reach Python as lone surrogates; the keyword patterns (the
+    # default policy has some) must not crash on them.
+    done = subprocess.run(
+        [sys.executable, "-m", "rolegate", "route", b"\xff\xfe fix the bug in utils.py"],
+        capture_output=True,
+        env=cli_env(tmp_path),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+    assert b"ROUTED" in done.stdout

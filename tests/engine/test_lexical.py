@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -235,3 +236,93 @@ async def test_trained_models_are_kept_on_disk_and_reused(
     saved.write_bytes(b"not a zip")
     damaged = IntentClassifier(examples, CountingEmbedder(), Classifier(), cache_dir=tmp_path)  # type: ignore[arg-type]
     assert await damaged.classify(task) == expected
+
+
+async def test_damaged_cache_files_are_rebuilt(tmp_path: Path) -> None:
+    examples = [(label, None, texts) for label, texts in INTENTS.items()]
+    task = "could you make this paragraph French"
+
+    def fresh() -> IntentClassifier:
+        return IntentClassifier(examples, CountingEmbedder(), Classifier(), cache_dir=tmp_path)  # type: ignore[arg-type]
+
+    expected = await fresh().classify(task)
+    [vectors] = tmp_path.glob("examples-*.npy")
+    [models] = tmp_path.glob("linear-*.npz")
+    whole = models.read_bytes()
+    for damage in (b"", whole[:100], b"\x93NUMPY garbage"):  # empty, truncated zip, bad array
+        models.write_bytes(damage)
+        vectors.write_bytes(damage)
+        assert await fresh().classify(task) == expected, damage
+
+
+async def test_a_long_task_is_embedded_by_its_head_and_tail() -> None:
+    classifier, embedder = _classifier(shortcut=None, threshold=0.0)
+    await classifier.prepare()
+    embedder.asked.clear()
+    task = "Summarize this log for me:\n" + "GET /index.html 200\n" * 10_000 + "What failed?"
+    found = await classifier.classify(task)
+    assert found.method == "embedding"
+    [asked] = embedder.asked
+    assert len(asked) <= clf.EMBED_HEAD + clf.EMBED_TAIL + 5
+    assert asked.startswith("Summarize this log for me:")
+    assert asked.endswith("What failed?")
+    short = "summarize this article for me please"
+    await classifier.classify(short)
+    assert embedder.asked[-1] == short  # a short task is embedded whole
+
+
+async def test_too_few_words_are_never_decided_by_the_words_alone() -> None:
+    classifier, _ = _classifier(shortcut=0.0, threshold=0.0)
+    await classifier.prepare()
+    for task in (".", "thoughts?", "translate, please"):
+        assert (await classifier.classify(task)).method == "embedding", task
+    found = await classifier.classify("translate this paragraph")
+    assert found.method == "lexical"
+
+
+def _load_with(classifier: str) -> Any:
+    from rolegate.policy.loader import load_policy_text
+
+    intents = json.dumps({k: {"examples": v} for k, v in INTENTS.items()})
+    doc = (
+        '{"version": 1, "name": "t", "providers": {"p": {"type": "openai", '
+        '"base_url": "http://127.0.0.1:9/v1", "locality": "local"}}, "models": {"m": '
+        '{"provider": "p", "name": "m", "context_window": 4096, "reserve_tokens": 512}}, '
+        '"roles": {"r": {"model": "m"}}, "defaults": {"role": "r"}, "intents": %s, '
+        '"classifier": %s}'
+    )
+    return load_policy_text(doc % (intents, classifier), "json", "<t>")
+
+
+@pytest.mark.parametrize(
+    "classifier",
+    ['{"shortcut": true}', '{"shortcut": "0.8"}', '{"lexical": "yes"}', '{"lexical": 1}'],
+)
+def test_the_new_settings_take_their_own_types_only(classifier: str) -> None:
+    from rolegate.errors import PolicyInvalidError
+
+    with pytest.raises(PolicyInvalidError) as info:
+        _load_with(classifier)
+    [problem] = info.value.problems
+    assert problem.location in ("classifier.shortcut", "classifier.lexical")
+
+
+NEW_SETTINGS = ("classifier.lexical", "classifier.shortcut")
+
+
+def test_settings_the_method_ignores_are_warned_about() -> None:
+    def warned(classifier: str) -> list[str]:
+        found = _load_with(classifier).warnings
+        return [f"{w.location}: {w.message}" for w in found if w.location in NEW_SETTINGS]
+
+    assert warned('{"method": "knn", "lexical": true}') == [
+        "classifier.lexical: only the 'linear' method reads the task's words; "
+        "method 'knn' ignores 'lexical'"
+    ]
+    assert warned('{"method": "centroid", "shortcut": 0.9}')[0].startswith("classifier.shortcut")
+    assert warned('{"lexical": false, "shortcut": 0.8}')[0].startswith(
+        "classifier.shortcut: the shortcut is a model of the task's words"
+    )
+    assert warned('{"lexical": false, "shortcut": null}') == []
+    assert warned('{"method": "knn"}') == []
+    assert warned('{"shortcut": 0.9}') == []

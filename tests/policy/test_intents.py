@@ -141,6 +141,14 @@ def test_unsure_refuses_when_the_policy_fails_closed() -> None:
     assert d.model is None
 
 
+def test_an_unsure_confidence_just_below_the_threshold_is_shown_below_it() -> None:
+    p = with_examples(threshold=0.95, on_unsure="refuse")
+    proposal = Classification(method="embedding", label="code", confidence=0.9452, confident=False)
+    d = route(RouteRequest(task="my program crashes"), p, None, proposal)
+    assert d.code == Code.INTENT_UNCERTAIN
+    assert "0.9452 < threshold 0.9500" in d.message  # not "0.95 < threshold 0.95"
+
+
 def test_a_role_named_by_the_caller_decides_without_the_classifier() -> None:
     p = with_examples(on_unsure="refuse")
     d = route(RouteRequest(task="anything at all", role="code"), p)

@@ -82,7 +82,15 @@ def load_labelled(path: Path, policy: Policy) -> list[Labelled]:
     """JSON lines with ``task`` (or ``text``) and ``intent`` (a policy intent, or null for a
     task that should get none); INVALID_ARGUMENT names the first bad line."""
     rows: list[Labelled] = []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RequestError(
+            f"{path}: cannot be read as UTF-8 text ({type(exc).__name__}); give a file of "
+            'JSON lines such as {"task": "...", "intent": "..."}',
+            code=Code.INVALID_ARGUMENT,
+        ) from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -97,7 +105,14 @@ def load_labelled(path: Path, policy: Policy) -> list[Labelled]:
                 f"{sorted(policy.doc.intents)}, or null)",
                 code=Code.INVALID_ARGUMENT,
             )
+        if not task.strip():
+            raise RequestError(f"{path}:{number}: the task is empty", code=Code.INVALID_ARGUMENT)
         rows.append(Labelled(task, intent))
+    if not rows:
+        raise RequestError(
+            f"{path}: holds no labelled tasks; write one JSON object a line",
+            code=Code.INVALID_ARGUMENT,
+        )
     return rows
 
 

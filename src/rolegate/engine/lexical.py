@@ -49,6 +49,11 @@ def sparse(text: str) -> tuple[list[int], list[float]]:
     return columns, [w / norm for w in weights]
 
 
+def has_words(text: str, count: int) -> bool:
+    """Whether ``text`` has at least ``count`` words (reading no further than that)."""
+    return sum(1 for _ in itertools.islice(_WORD.finditer(text), count)) >= count
+
+
 def dense(np: Any, texts: Sequence[str]) -> Any:
     """One float32 row per text (texts x DIMENSIONS)."""
     rows = np.zeros((len(texts), DIMENSIONS), dtype=np.float32)

@@ -137,9 +137,11 @@ def _unsure(policy: Policy, proposal: Classification | None, note: str | None) -
 def _unsure_sentence(proposal: Classification | None, threshold: float) -> str:
     if proposal is None or proposal.confidence is None:
         return "no classification"
+    # Two decimals, unless they would show the confidence equal to the threshold.
+    digits = 2 if round(proposal.confidence, 2) < round(threshold, 2) else 4
     return (
-        f"best {proposal.label!r} at {proposal.confidence:.2f} < threshold {threshold:.2f} "
-        f"(runner-up {proposal.runner_up!r})"
+        f"best {proposal.label!r} at {proposal.confidence:.{digits}f} < threshold "
+        f"{threshold:.{digits}f} (runner-up {proposal.runner_up!r})"
     )
 
 

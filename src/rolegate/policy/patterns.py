@@ -199,8 +199,9 @@ class IntentMatcher:
     def _matches(self, task: str) -> Iterator[int]:
         if not self._groups:
             return
-        # Encoded once (as RE2 would for each search); a lone surrogate raises here.
-        text = task.encode("utf-8")
+        # Encoded once (as RE2 would for each search). A lone surrogate (a CLI argument that
+        # was not UTF-8, a broken client) becomes "?": it can match no keyword either way.
+        text = task.encode("utf-8", "replace")
         for group in self._groups:
             hits = group.screen.Match(text) if group.screen is not None else None
             if hits is None:  # no set, or its DFA gave up: try each intent

@@ -331,6 +331,7 @@ class Classifier(Strict):
         default=True,
         description="'linear' only: the model also reads the task's words and letter "
         "n-grams, which carry what an embedding blurs (names, exact phrases, pasted code).",
+        strict=True,  # not 'yes' or 1
         exclude_if=lambda value: value is True,
     )
     shortcut: float | None = Field(
@@ -340,6 +341,7 @@ class Classifier(Strict):
         description="'linear' with 'lexical' only: a model of the words alone answers first, "
         "and when it is at least this sure (and at least 'threshold') the task is not "
         "embedded (classification method 'lexical'). null: every task is embedded.",
+        strict=True,  # not true (1.0: never) or '0.8'
         exclude_if=lambda value: value == SHORTCUT,
     )
     on_unsure: Literal["router", "default", "refuse"] = Field(

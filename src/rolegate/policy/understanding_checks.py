@@ -75,6 +75,20 @@ def _check_sizes(doc: PolicyDocument) -> Iterable[PolicyProblem]:
 
 def _check_classifier(doc: PolicyDocument, classifier: Classifier) -> Iterable[PolicyProblem]:
     at = "classifier"
+    given = classifier.model_fields_set
+    if classifier.method != "linear":
+        for name in sorted({"lexical", "shortcut"} & given):
+            yield _warn(
+                f"{at}.{name}",
+                f"only the 'linear' method reads the task's words; method "
+                f"{classifier.method!r} ignores '{name}'",
+            )
+    elif not classifier.lexical and "shortcut" in given and classifier.shortcut is not None:
+        yield _warn(
+            f"{at}.shortcut",
+            "the shortcut is a model of the task's words, and 'lexical: false' turns them off; "
+            "remove 'shortcut' or set 'lexical: true'",
+        )
     if classifier.embedder_model is not None:
         model = doc.models.get(classifier.embedder_model)
         if model is None:
