@@ -17,7 +17,7 @@ import pytest
 from rolegate.engine import classifier as clf
 from rolegate.engine import lexical
 from rolegate.engine.classifier import IntentClassifier
-from rolegate.policy.schema import Classifier
+from rolegate.policy.understanding_schema import Classifier
 
 INTENTS = {
     "code": ["refactor this python function", "fix the failing unit test in utils.py",
@@ -326,3 +326,56 @@ def test_settings_the_method_ignores_are_warned_about() -> None:
     assert warned('{"lexical": false, "shortcut": null}') == []
     assert warned('{"method": "knn"}') == []
     assert warned('{"shortcut": 0.9}') == []
+
+
+def test_the_dual_form_of_embedding_and_words_together_is_the_primal_one() -> None:
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts = [f"task {i} about {'code' if i % 2 else 'prose'} number {i * 7}" for i in range(30)]
+    words = lexical.dense(np, texts)
+    owner = np.array([i % 2 for i in range(30)])
+    model = clf._fit(np, vectors, words, vectors @ vectors.T + words @ words.T, owner, 2)
+    reference = _primal(np.hstack([vectors, words]), owner, 2)
+    for i in (0, 1, 7):
+        probe = texts[i].replace("task", "job")
+        features = lexical.sparse(probe)
+        full = np.concatenate([vectors[i], lexical.dense(np, [probe])[0]])
+        expected = clf._softmax(np, clf.LINEAR_SCALE * full @ reference[:-1] + reference[-1])
+        got = model.probabilities(np, vectors[i], features)
+        np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
+async def test_the_cache_directory_is_made_and_other_vectors_are_another_model(
+    tmp_path: Path,
+) -> None:
+    examples = [(label, None, texts) for label, texts in INTENTS.items()]
+    where = tmp_path / "not" / "there"
+    classifier = IntentClassifier(examples, CountingEmbedder(), Classifier(), cache_dir=where)  # type: ignore[arg-type]
+    await classifier.prepare()
+    assert len(list(where.glob("linear-*.npz"))) == 1
+    assert not list(where.glob("*.tmp"))
+    matrix = classifier._matrix
+    assert classifier._models_file(matrix) != classifier._models_file(matrix * 0.5)
+
+
+def test_more_examples_than_the_classifier_takes_are_refused() -> None:
+    from rolegate.errors import PolicyInvalidError
+    from rolegate.policy.loader import load_policy_text
+
+    intents = {f"i{n}": {"examples": [f"example {n}-{k}" for k in range(900)]} for n in range(5)}
+    doc = {
+        "version": 1, "name": "t", "defaults": {"role": "r"}, "intents": intents,
+        "providers": {"p": {"type": "openai", "base_url": "http://127.0.0.1:9/v1",
+                            "locality": "local"}},
+        "models": {"m": {"provider": "p", "name": "m", "context_window": 4096,
+                         "reserve_tokens": 512}},
+        "roles": {"r": {"model": "m"}},
+    }  # fmt: skip
+    with pytest.raises(PolicyInvalidError) as info:
+        load_policy_text(json.dumps(doc), "json", "<t>")
+    said = [p.message for p in info.value.problems if p.location == "intents"]
+    assert said == [
+        "4,500 examples in all; the classifier takes at most 4,000 (its training grows with "
+        "the square of their number). Keep the most varied ones"
+    ]

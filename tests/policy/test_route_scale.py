@@ -22,8 +22,8 @@ from rolegate.policy import BudgetSnapshot, Policy, RouteRequest, ScopeUsage, cl
 from rolegate.policy.budget import overrun
 from rolegate.policy.loader import load_policy_text
 from rolegate.policy.patterns import IntentMatcher, intent_pattern
-from rolegate.policy.schema import Intent
 from rolegate.policy.tokens import estimate_tokens
+from rolegate.policy.understanding_schema import Intent
 
 CAPS = ("chat", "code", "reasoning", "json", "tools", "summarize", "long_context")
 KEYWORDS = (

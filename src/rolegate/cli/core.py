@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from rolegate.cli.common import Call, JsonOpt, PolicyOpt, later
-from rolegate.errors import PolicyError, PolicyInvalidError, PolicyProblem
+from rolegate.errors import PluginError, PolicyError, PolicyInvalidError, PolicyProblem
 from rolegate.policy import Policy, load_default_policy, load_policy
 
 if TYPE_CHECKING:
@@ -76,7 +76,10 @@ def _plugin_provides(policy: Policy, warning: PolicyProblem) -> bool:
 def _provider_types() -> frozenset[str]:
     from rolegate.plugins.manager import build_registry
 
-    return frozenset(build_registry().providers)
+    try:
+        return frozenset(build_registry().providers)
+    except PluginError:
+        return frozenset()  # a broken plugin: the warnings stand (`rolegate plugins` says why)
 
 
 def _verdict(row: dict[str, Any]) -> str | None:

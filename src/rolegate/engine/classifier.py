@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
@@ -39,7 +40,7 @@ from rolegate.engine.text import encodable
 from rolegate.errors import Code, ProviderError
 from rolegate.logs import get_logger
 from rolegate.policy.decision import Classification
-from rolegate.policy.schema import Classifier
+from rolegate.policy.understanding_schema import Classifier
 
 if TYPE_CHECKING:
     from rolegate.plugins.base import Embedder
@@ -66,6 +67,7 @@ CACHE_SIZE = 8192
 # The words-only model answers only for tasks of at least this many words: on "." or
 # "thoughts?" it is sure of an intent (0.7-0.95) that the embedding is not (~0.5).
 SHORTCUT_MIN_WORDS = 3
+QUICK_CHARS = 2000  # a task up to this long has its words read on the event loop (< 3 ms)
 EMBED_HEAD = 1200  # characters of a long task that are embedded: its start...
 EMBED_TAIL = 400  # ...and its end (one task of the 614 labelled ones is longer than both)
 BATCH = 32
@@ -142,27 +144,25 @@ class IntentClassifier:
     def _trained(self, matrix: Any, group: Any) -> tuple[Linear, Linear | None]:
         """The linear models: kept in cache_dir next to the vectors, since training them
         takes a second or more for a thousand examples and a stdio server restarts often."""
-        path = self._models_file()
+        np = _np()
+        path = self._models_file(matrix)
         if path is not None and path.is_file():
             try:
-                return _load_models(_np(), path)
+                return _load_models(np, path, matrix.shape[1], len(self._texts))
             except CACHE_DAMAGE:
-                pass  # unreadable, empty or half-written: train again
+                pass  # unreadable, empty, half-written or of another shape: train again
         models = self._train(matrix, group)
         if path is not None:
-            try:
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                with partial.open("wb") as out:
-                    _save_models(_np(), out, *models)
-                os.replace(partial, path)
-            except OSError as exc:
-                log.warning("embedding_cache_unwritable", error=type(exc).__name__)
+            _write_atomically(path, lambda out: _save_models(np, out, *models))
         return models
 
-    def _models_file(self) -> Path | None:
+    def _models_file(self, matrix: Any) -> Path | None:
+        """One file per example set, embedder, vectors (re-embedded vectors are another
+        model), settings and training recipe."""
         if self.cache_dir is None:
             return None
         digest = hashlib.sha256(self.cache_name().encode())
+        digest.update(matrix.tobytes())
         recipe = [MODEL_FORMAT, lexical.DIMENSIONS, self.settings.lexical,
                   self.settings.shortcut is not None, LINEAR_SCALE, LINEAR_L2, LINEAR_STEPS,
                   LINEAR_RATE, LINEAR_MOMENTUM]  # fmt: skip
@@ -213,16 +213,8 @@ class IntentClassifier:
 
     def _store_cached(self, matrix: Any) -> None:
         path = self._cache_file()
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            with partial.open("wb") as out:
-                _np().save(out, matrix, allow_pickle=False)
-            os.replace(partial, path)
-        except OSError as exc:
-            log.warning("embedding_cache_unwritable", error=type(exc).__name__)
+        if path is not None:
+            _write_atomically(path, lambda out: _np().save(out, matrix, allow_pickle=False))
 
     def cached(self, task: str) -> Classification | None:
         key = _key(task)
@@ -239,7 +231,14 @@ class IntentClassifier:
         await self.prepare()
         np = _np()
         text = encodable(task)
-        words = lexical.sparse(text) if self.settings.lexical else None
+        words = None
+        if self.settings.lexical and self.settings.method == "linear":
+            # A long task's features take milliseconds: not on the event loop.
+            words = (
+                lexical.sparse(text)
+                if len(text) <= QUICK_CHARS
+                else await anyio.to_thread.run_sync(lexical.sparse, text)
+            )
         result = self._quick(words) if lexical.has_words(text, SHORTCUT_MIN_WORDS) else None
         if result is None:
             vector = _normalised(np, await self.embedder.embed([_head_and_tail(text)]))[0]
@@ -354,6 +353,22 @@ def _fit(np: Any, vectors: Any, words: Any, kernel: Any, group: Any, groups: int
     )
 
 
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``path`` written whole or not at all (readers never see half a file); a cache that
+    cannot be written is logged and the work is done again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with partial.open("wb") as out:
+                write(out)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("classifier_cache_unwritable", file=path.name, error=type(exc).__name__)
+
+
 def _save_models(np: Any, out: Any, model: Linear, shortcut: Linear | None) -> None:
     parts = {"bias": model.bias, "embedding": model.embedding}
     if model.lexical is not None:
@@ -363,7 +378,8 @@ def _save_models(np: Any, out: Any, model: Linear, shortcut: Linear | None) -> N
     np.savez(out, **parts)
 
 
-def _load_models(np: Any, path: Path) -> tuple[Linear, Linear | None]:
+def _load_models(np: Any, path: Path, dims: int, groups: int) -> tuple[Linear, Linear | None]:
+    """The models saved in ``path``; ValueError when their shapes are not these."""
     with np.load(path, allow_pickle=False) as parts:
         names = set(parts.files)
         model = Linear(
@@ -374,6 +390,14 @@ def _load_models(np: Any, path: Path) -> tuple[Linear, Linear | None]:
         shortcut = None
         if "shortcut_bias" in names:
             shortcut = Linear(None, parts["shortcut_lexical"], parts["shortcut_bias"])
+    shapes = [model.embedding.shape, model.bias.shape]
+    expected = [(dims, groups), (groups,)]
+    for part in (model.lexical, None if shortcut is None else shortcut.lexical):
+        if part is not None:
+            shapes.append(part.shape)
+            expected.append((lexical.DIMENSIONS, groups))
+    if shapes != expected:
+        raise ValueError(f"cached models of shapes {shapes}, not {expected}")
     return model, shortcut
 
 

@@ -35,8 +35,8 @@ from rolegate.errors import Code, PolicyLoadError, RequestError
 from rolegate.plugins.base import Checker
 from rolegate.policy.limits import MAX_TOKENS
 from rolegate.policy.loader import Limits, parse_text, read_policy_file
-from rolegate.policy.schema import Contract, Name
-from rolegate.policy.strict import Strict
+from rolegate.policy.schema import Contract
+from rolegate.policy.strict import Name, Strict
 
 MAX_CASES = 10_000
 MAX_SUITE_BYTES = 16 * 1024 * 1024

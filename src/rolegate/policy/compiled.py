@@ -20,9 +20,10 @@ from rolegate.policy.patterns import combined_regex as combined_regex
 from rolegate.policy.patterns import compile_re2 as compile_re2
 from rolegate.policy.patterns import re2_options as re2_options
 from rolegate.policy.problems import model_locality
-from rolegate.policy.schema import Budget, Intent, Model, PolicyDocument, Stage
+from rolegate.policy.schema import Budget, Model, PolicyDocument, Stage
 from rolegate.policy.tokenizers import Counters
 from rolegate.policy.topology_checks import managed
+from rolegate.policy.understanding_schema import Intent
 
 _TIER_ORDER = {"hot": 0, "warm": 1, "cold": 2}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rolegate.policy.compiled import CompiledIntent, Policy
 from rolegate.policy.decision import Classification, RouteRequest
-from rolegate.policy.schema import Classifier
+from rolegate.policy.understanding_schema import Classifier
 
 DEFAULT_CLASSIFIER = Classifier()
 

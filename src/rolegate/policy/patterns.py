@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import re2
 
-from rolegate.policy.schema import Intent
+from rolegate.policy.understanding_schema import Intent
 
 
 class IntentPattern(Protocol):
@@ -200,7 +200,7 @@ class IntentMatcher:
         if not self._groups:
             return
         # Encoded once (as RE2 would for each search). A lone surrogate (a CLI argument that
-        # was not UTF-8, a broken client) becomes "?": it can match no keyword either way.
+        # was not UTF-8, a broken client) is read as "?", never raised on.
         text = task.encode("utf-8", "replace")
         for group in self._groups:
             hits = group.screen.Match(text) if group.screen is not None else None

@@ -1,8 +1,12 @@
-"""The base of every policy section: unknown keys are errors, values are frozen."""
+"""The base of every policy section: unknown keys are errors, values are frozen; names."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$", max_length=128)]
 
 
 def _unset(value: object) -> bool:

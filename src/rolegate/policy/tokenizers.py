@@ -33,11 +33,13 @@ class Counter:
     _last: list[tuple[str, int]] = field(default_factory=list, compare=False, repr=False)
 
     def count(self, text: str, overhead: int = 0) -> int:
-        last = self._last
-        if last and last[0][0] == text:
-            return last[0][1] + overhead
+        # One read of the slot: another thread (a budget check off the event loop) may
+        # replace it in between two.
+        entry = self._last[0] if self._last else None
+        if entry is not None and entry[0] == text:
+            return entry[1] + overhead
         counted = self.count_text(text)
-        last[:] = [(text, counted)]
+        self._last[:] = [(text, counted)]
         return counted + overhead
 
 

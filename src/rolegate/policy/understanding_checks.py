@@ -9,9 +9,14 @@ from rolegate.errors import PolicyProblem
 from rolegate.policy.problems import error as _err
 from rolegate.policy.problems import model_locality
 from rolegate.policy.problems import warning as _warn
-from rolegate.policy.schema import Classifier, PolicyDocument
+from rolegate.policy.schema import PolicyDocument
+from rolegate.policy.understanding_schema import Classifier
 
 MIN_EXAMPLES = 3
+# The linear classifier trains on the examples' pairwise products: memory and time grow with
+# the square of their number (4,000: ~200 MB and ~10 s once, then cached; the default
+# policy has 1,384).
+MAX_EXAMPLES = 4000
 
 
 def check_understanding(doc: PolicyDocument) -> Iterable[PolicyProblem]:
@@ -34,6 +39,13 @@ def _check_examples(doc: PolicyDocument) -> Iterable[PolicyProblem]:
         if doc.classifier is not None:
             yield _warn("classifier", "no intent has examples, so the classifier never runs")
         return
+    total = sum(len(intent.example_texts()) for intent in doc.intents.values())
+    if total > MAX_EXAMPLES:
+        yield _err(
+            "intents",
+            f"{total:,} examples in all; the classifier takes at most {MAX_EXAMPLES:,} (its "
+            "training grows with the square of their number). Keep the most varied ones",
+        )
     for iid, intent in doc.intents.items():
         for kind, texts in intent.example_groups():
             where = f"intents.{iid}.examples" + (f".{kind}" if kind else "")
