@@ -533,11 +533,15 @@ def test_screen_never_rules_out_a_true_whole_word(keyword: str, hit: str, miss: 
     assert matcher.first(miss) is None is _first_plain(intents, miss)
 
 
-def test_a_lone_surrogate_fails_as_before() -> None:
-    intents = [Intent.model_validate({"match": {"keywords": ["fix"]}})]
+def test_a_lone_surrogate_is_read_as_a_question_mark() -> None:
+    # A CLI argument that was not UTF-8 reaches the matcher with lone surrogates: it must
+    # neither raise nor let the surrogate match a word.
+    intents = [
+        Intent.model_validate({"match": {"keywords": ["fix"]}}),
+        Intent.model_validate({"match": {"regex": ["^\\?$"]}}),
+    ]
     matcher = IntentMatcher([(i, intent_pattern(i)) for i in intents])
-    with pytest.raises(UnicodeEncodeError):
-        matcher.first("fix \ud800")
-    with pytest.raises(UnicodeEncodeError):
-        _first_plain(intents, "fix \ud800")
+    assert matcher.first("fix \ud800") == 0
+    assert matcher.first("\ud800") == 1
+    assert matcher.first("mend \udcff") is None
     assert IntentMatcher([]).first("fix \ud800") is None
