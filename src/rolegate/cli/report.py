@@ -12,7 +12,7 @@ import json as json_text
 import os
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -150,9 +150,9 @@ def _cells(tally: Tally) -> list[str]:
 
 
 def _moment(at_us: int) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)).strftime(
-        "%Y-%m-%d %H:%M UTC"
-    )
+    from rolegate.ledger.records import from_us
+
+    return from_us(at_us).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def report_table(report: Report) -> Table:
@@ -294,8 +294,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _utc(at_us: int) -> str:
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    from rolegate.ledger.records import from_us
+
+    return from_us(at_us).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def audit(

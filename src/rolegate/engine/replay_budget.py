@@ -13,15 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from rolegate.errors import Code
+from rolegate.ledger.records import from_us
 from rolegate.policy import BudgetSnapshot, Decision, Policy, ScopeUsage
 from rolegate.policy.budget import window_start
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def at_datetime(at_us: int) -> datetime:
-    """Microseconds since the epoch as an aware UTC datetime (exact)."""
-    return _EPOCH + timedelta(microseconds=at_us)
 
 
 def at_us_of(moment: datetime) -> int:
@@ -30,7 +26,7 @@ def at_us_of(moment: datetime) -> int:
 
 
 def iso(at_us: int) -> str:
-    return at_datetime(at_us).isoformat(timespec="seconds")
+    return from_us(at_us).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +62,7 @@ class BudgetSim:
 
     def snapshot(self, at_us: int) -> BudgetSnapshot:
         """What each line has spent in its window at ``at_us`` (no earlier moment after)."""
-        now = at_datetime(at_us)
+        now = from_us(at_us)
         usage: dict[str, ScopeUsage] = {}
         for line_id, line in self._lines.items():
             start = at_us_of(window_start(line, now))

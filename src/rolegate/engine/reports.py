@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Literal, get_args
 
 from rolegate.ledger.quality import QualityStore
-from rolegate.ledger.records import to_us
+from rolegate.ledger.records import from_us, to_us
 from rolegate.policy.budget import MICRO_PER_USD
 
 __all__ = [
@@ -41,12 +41,11 @@ BY: tuple[str, ...] = get_args(By)
 NONE = "-"
 #: The lowest BIGINT: a window with no lower bound.
 NO_SINCE = -(2**63)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def day_of(at_us: int, tz: tzinfo = UTC) -> str:
     """The calendar date (ISO, ``YYYY-MM-DD``) of ``at_us`` in ``tz``: exact, no float."""
-    return (_EPOCH + timedelta(microseconds=at_us)).astimezone(tz).date().isoformat()
+    return from_us(at_us).astimezone(tz).date().isoformat()
 
 
 def dollars(micro: int) -> str:
@@ -151,7 +150,7 @@ class Report:
         def when(us: int | None) -> str | None:
             if us is None or us == NO_SINCE:
                 return None
-            return (_EPOCH + timedelta(microseconds=us)).isoformat()
+            return from_us(us).isoformat()
 
         return {
             "by": self.by,

@@ -11,6 +11,7 @@ judged, so an interrupted run keeps what it measured. No prompt or output text i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -127,17 +128,17 @@ async def _one(
         max_output_tokens=case.max_output_tokens or suite.max_output_tokens,
         model=model,
     )
+    # What every row of this case on this model says, judged or not.
+    result_row = functools.partial(
+        EvalResult, suite=suite.name, case_id=case.id, model=model, run_id=run.run_id,
+        source="eval",
+    )  # fmt: skip
     started = time.perf_counter()
     try:
         result = await engine.run_role(request)
     except RolegateError as exc:
         ms = round((time.perf_counter() - started) * 1000, 3)
-        row = EvalResult(
-            suite=suite.name,
-            case_id=case.id,
-            model=model,
-            run_id=run.run_id,
-            source="eval",
+        row = result_row(
             outcome="refused" if isinstance(exc, RefusedError) else "error",
             at_us=_now(engine),
             latency_ms=ms,
@@ -147,12 +148,7 @@ async def _one(
     spec = case.check_spec()
     context = CheckContext(case_id=case.id, model=model, contracts=engine.policy.doc.contracts)
     verdict = await checkers[case.check_type].check(result.output, spec, context)
-    row = EvalResult(
-        suite=suite.name,
-        case_id=case.id,
-        model=model,
-        run_id=run.run_id,
-        source="eval",
+    row = result_row(
         outcome="pass" if verdict.passed else "fail",
         at_us=_now(engine),
         score=verdict.score,

@@ -65,6 +65,11 @@ def to_us(now: datetime) -> int:
     return (to_utc(now) - _EPOCH) // _MICROSECOND
 
 
+def from_us(at_us: int) -> datetime:
+    """Microseconds since the epoch as an aware UTC datetime (exact): ``to_us`` undone."""
+    return _EPOCH + at_us * _MICROSECOND
+
+
 def lease_us(lease_s: float) -> int:
     if not lease_s > 0:
         raise ValueError(f"lease_s must be > 0, got {lease_s!r}")

@@ -27,7 +27,7 @@ from rolegate.engine.budgets import scope_report
 from rolegate.engine.core import PolicyEngine
 from rolegate.engine.reports import NONE, day_of, summarize
 from rolegate.ledger.base import Ledger
-from rolegate.ledger.records import to_us
+from rolegate.ledger.records import from_us, to_us
 from rolegate.policy import Policy
 from rolegate.policy.compiled import BudgetLine
 from rolegate.server.dashboard_svg import compact_usd, render_page
@@ -68,8 +68,7 @@ def _name(value: object) -> str | None:
 
 
 def _when(at_us: int, tz: tzinfo) -> str:
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
-    return moment.astimezone(tz).isoformat(timespec="seconds")
+    return from_us(at_us).astimezone(tz).isoformat(timespec="seconds")
 
 
 async def dashboard_data(engine: PolicyEngine, *, days: int = DEFAULT_DAYS) -> dict[str, Any]:
